@@ -1,0 +1,62 @@
+# virtops.kvm — the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV ?= $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export VIRTOPS_TEST_CACHE ?= /var/cache/virtops-kvm-tests
+COLL := $(CURDIR)/.build/ansible_collections/virtops/kvm
+HARNESS := $(CURDIR)/tests/harness
+
+.PHONY: test deps collection lint sanity units integration guest demo build docs clean
+
+## test: everything CI runs, in order: lint, sanity, unit tests, integration tests
+test: lint sanity units integration
+
+## deps: Debian packages and the virtualenv (idempotent)
+deps:
+	$(HARNESS)/setup-host.sh
+
+collection: deps
+	$(HARNESS)/sync-collection.sh >/dev/null
+
+lint: deps
+	ruff check plugins tests
+	if [ -d roles ] && ls roles/*/tasks >/dev/null 2>&1; then ansible-lint --profile production roles playbooks; fi
+
+sanity: collection
+	cd $(COLL)
+	ansible-test sanity --venv --python 3.11 --color no
+
+units: collection
+	cd $(COLL)
+	PYTHONPATH=$(CURDIR)/.build $(HARNESS)/pytest.sh pytest -q -p no:cacheprovider tests/unit
+
+guest: deps
+	$(HARNESS)/build-guest.sh
+
+## integration: real libvirtd (started here if needed, stopped afterwards) and real TCG guests
+integration: collection guest
+	$(HARNESS)/libvirtd.sh start
+	trap '$(HARNESS)/libvirtd.sh stop' EXIT
+	cd $(COLL)
+	VIRTOPS_COLLECTION=$(COLL) $(HARNESS)/pytest.sh pytest -p no:cacheprovider -rs -v tests/harness/test_integration.py
+
+## demo: provision this machine as a KVM host and boot a guest on it
+demo: collection guest
+	$(HARNESS)/libvirtd.sh start
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build ansible-playbook -i localhost, -c local \
+	  -e ansible_python_interpreter=$(VENV)/bin/python \
+	  -e virtops_guest_dir=$(VIRTOPS_TEST_CACHE)/guest \
+	  playbooks/demo.yml
+
+## build: the collection tarball
+build: collection
+	ansible-galaxy collection build --force $(COLL)
+
+docs: collection
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build ansible-doc virtops.kvm.host_info >/dev/null
+
+clean:
+	rm -rf .build tests/output virtops-kvm-*.tar.gz

@@ -1,0 +1,64 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The collection's one exception hierarchy and the one place it becomes ``fail_json``.
+
+Logic in module_utils raises these; a module calls :func:`run_module`, which turns them into
+``fail_json(msg=...)``. A message says what was asked, what was found, and what to do next.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+
+class VirtopsError(Exception):
+    """Base of every error the collection raises on purpose.
+
+    ``details`` are extra keys returned next to ``msg`` in the failed result.
+    """
+
+    def __init__(self, msg, **details):
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+
+class ValidationError(VirtopsError):
+    """The user's input is wrong; nothing was changed."""
+
+
+class LibvirtError(VirtopsError):
+    """A libvirt call failed. ``msg`` keeps libvirt's own text; ``code`` is libvirt's error code."""
+
+    def __init__(self, msg, code=None, domain=None, **details):
+        super().__init__(msg, libvirt_error_code=code, **details)
+        self.code = code
+        self.domain = domain
+
+
+class HostError(VirtopsError):
+    """Reading or changing the host (sysfs, /etc, a command) failed."""
+
+
+class CommandError(HostError):
+    """An external command exited non-zero."""
+
+    def __init__(self, msg, cmd=None, rc=None, stdout=None, stderr=None, **details):
+        super().__init__(msg, cmd=cmd, rc=rc, stdout=stdout, stderr=stderr, **details)
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+def run_module(module, runner, *args, **kwargs):
+    """Call ``runner(module, *args, **kwargs)`` and exit the module with the dict it returns.
+
+    Domain errors become ``fail_json``; anything else is a bug and fails with its traceback.
+    """
+    try:
+        result = runner(module, *args, **kwargs)
+    except VirtopsError as exc:
+        module.fail_json(msg=exc.msg, **exc.details)
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        module.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
+    module.exit_json(**result)

@@ -1,0 +1,148 @@
+#!/usr/bin/python
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: host_info
+short_description: Facts about a KVM hypervisor host
+version_added: 0.1.0
+description:
+  - Reports whether a host can run KVM guests and what it offers them, as structured facts.
+  - Reads C(/proc), C(/sys), C(/dev/kvm) and C(/etc) and, when libvirtd is reachable, libvirt's
+    capabilities.
+  - Fields that cannot be read are returned as V(null); the module never fails because of them.
+    Only an unreachable O(uri) fails, and only when O(gather) names V(libvirt) explicitly.
+options:
+  gather:
+    description:
+      - Which groups of facts to return. V(all) means every group; with V(all), an unreachable
+        libvirt gives RV(host.libvirt=null) and RV(host.libvirt_error) instead of a failure.
+    type: list
+    elements: str
+    choices: [all, cpu, kvm, numa, hugepages, iommu, sriov, apparmor, ksm, libvirt]
+    default: [all]
+  root:
+    description:
+      - Directory the host's C(/sys), C(/proc), C(/dev) and C(/etc) are read below.
+      - Only for tests and for inspecting a mounted image; leave unset on a real host.
+    type: path
+    default: /
+extends_documentation_fragment:
+  - virtops.kvm._libvirt
+  - virtops.kvm._attributes.INFO_MODULE
+attributes:
+  platform:
+    platforms: posix
+author:
+  - virtops.kvm maintainers
+"""
+
+EXAMPLES = r"""
+- name: Can this machine run KVM guests?
+  virtops.kvm.host_info:
+    gather: [kvm]
+  register: host
+
+- name: Stop early on hosts without hardware virtualization
+  ansible.builtin.assert:
+    that: host.host.kvm.ok
+    fail_msg: "{{ host.host.kvm.reason }}"
+
+- name: Hugepage pools and NUMA layout, plus libvirt's view (fails if libvirtd is down)
+  virtops.kvm.host_info:
+    gather: [numa, hugepages, libvirt]
+  register: layout
+"""
+
+RETURN = r"""
+host:
+  description: The facts, one key per gathered group.
+  returned: always
+  type: dict
+  contains:
+    cpu:
+      description: CPU vendor and model, the virtualization flag, and address sizes from C(/proc/cpuinfo).
+      returned: when gathered
+      type: dict
+      sample: {vendor: GenuineIntel, model_name: Intel Xeon, virtualization_flag: vmx, address_bits: {physical: 46, virtual: 48}}
+    kvm:
+      description:
+        - The kvm-ok question. RV(host.kvm.ok) with RV(host.kvm.reason); whether C(/dev/kvm) exists and is
+          usable by the user QEMU runs as; the kvm module and its C(nested) parameter.
+      returned: when gathered
+      type: dict
+      sample: {ok: true, reason: KVM acceleration can be used, device_present: true, qemu_user: libvirt-qemu,
+               usable_by_qemu_user: true, module: kvm_intel, module_loaded: true, nested: false, device_mode: "0660"}
+    numa:
+      description: NUMA nodes with their CPUs and memory in kB.
+      returned: when gathered
+      type: dict
+      sample: {node_count: 1, nodes: [{id: 0, cpus: "0-1", memory_total_kb: 24000000, memory_free_kb: 23000000}]}
+    hugepages:
+      description:
+        - Default hugepage size, hugetlbfs mounts, and one pool per page size (key like V(2048kB)) with
+          total, free, reserved, surplus system-wide and total, free, surplus per NUMA node.
+      returned: when gathered
+      type: dict
+      sample: {default_size_kb: 2048, mounts: [{path: /dev/hugepages, pagesize: 2M}],
+               pools: {"2048kB": {size_kb: 2048, total: 0, free: 0, reserved: 0, surplus: 0,
+                                  nodes: {"0": {total: 0, free: 0, surplus: 0}}}}}
+    iommu:
+      description: Whether an IOMMU is on, the IOMMU kernel arguments, and each IOMMU group with its PCI devices.
+      returned: when gathered
+      type: dict
+      sample: {enabled: true, units: [dmar0], kernel_cmdline: [intel_iommu=on], group_count: 1,
+               groups: {"0": [{address: "0000:00:00.0", vendor_id: "8086", device_id: "29c0", driver: null, iommu_group: 0, netdevs: []}]}}
+    sriov:
+      description: SR-IOV capable PCI devices (physical functions) with their netdevs, driver, totalvfs, numvfs and VF addresses.
+      returned: when gathered
+      type: dict
+      sample: {devices: [{address: "0000:03:00.0", netdevs: [enp3s0f0], driver: igb, totalvfs: 7, numvfs: 2,
+                          vfs: ["0000:03:10.0", "0000:03:10.2"]}]}
+    apparmor:
+      description: Whether AppArmor is enabled in the running kernel.
+      returned: when gathered
+      type: dict
+      sample: {enabled: true, kernel_module: true}
+    ksm:
+      description: Kernel Same-page Merging settings and counters, or RV(host.ksm.available=false).
+      returned: when gathered
+      type: dict
+      sample: {available: true, run: 0, pages_to_scan: 100, sleep_millisecs: 20, merge_across_nodes: 1, pages_shared: 0, pages_sharing: 0}
+    libvirt:
+      description:
+        - libvirt and hypervisor versions, the domain types (V(kvm), V(qemu)) for the host architecture, machine
+          types per architecture with their aliases (V(q35) to V(pc-q35-7.2)), C(-hpb) machine types where
+          QEMU offers them, and the host CPU C(maxphysaddr).
+        - V(null) when libvirt could not be reached (see RV(host.libvirt_error)).
+      returned: when gathered
+      type: dict
+      sample: {uri: "qemu:///system", libvirt_version: 9.0.0, hypervisor: QEMU, hypervisor_version: 7.2.0, host_arch: x86_64,
+               domain_types: [kvm, qemu], host_maxphysaddr: {mode: emulate, bits: 46}, hpb_machine_types: []}
+    libvirt_error:
+      description: Why libvirt facts are null.
+      returned: when libvirt facts were gathered implicitly and libvirt could not be reached
+      type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._host_info import SUBSETS, run_host_info
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
+
+
+def main():
+    argument_spec = dict(
+        gather=dict(type="list", elements="str", default=["all"], choices=["all", *SUBSETS]),
+        root=dict(type="path", default="/"),
+    )
+    argument_spec.update(LIBVIRT_COMMON_ARGS)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    run_module(module, run_host_info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# ansible-test and the Python import path need the collection at
+# .../ansible_collections/virtops/kvm. Mirror the work tree there (tracked and untracked files,
+# without build output), so tests always run what is in the tree now.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+dest="$top/.build/ansible_collections/virtops/kvm"
+mkdir -p "$dest"
+rsync -a --delete \
+  --exclude /.git --exclude /.build --exclude /.venv --exclude __pycache__ \
+  --exclude .pytest_cache --exclude .ruff_cache --exclude .hypothesis --exclude /tests/output \
+  --exclude '/virtops-kvm-*.tar.gz' \
+  "$top/" "$dest/"
+cache=${VIRTOPS_TEST_CACHE:-/var/cache/virtops-kvm-tests}
+cat > "$dest/tests/integration/integration_config.yml" <<YML
+---
+virtops_test_cache: $cache
+virtops_test_guest_dir: $cache/guest
+YML
+echo "$dest"

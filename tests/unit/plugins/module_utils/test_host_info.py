@@ -1,0 +1,181 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _host_info as hi
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HostFS
+
+
+@pytest.fixture
+def fs(fakehost):
+    return HostFS(fakehost["root"])
+
+
+def test_cpu(fs):
+    cpu = hi.gather_cpu(fs)
+    assert cpu == {
+        "vendor": "GenuineIntel",
+        "model_name": "Fake Xeon CPU @ 2.00GHz",
+        "virtualization_flag": "vmx",
+        "address_bits": {"physical": 46, "virtual": 48},
+    }
+
+
+def test_kvm_ok_when_qemu_user_is_in_the_device_group(fs):
+    kvm = hi.gather_kvm(fs)
+    if not kvm["device_present"]:
+        pytest.skip("cannot create a character device here (not root)")
+    assert kvm["ok"] is True
+    assert kvm["usable_by_qemu_user"] is True
+    assert kvm["qemu_user"] == "libvirt-qemu"
+    assert kvm["nested"] is True
+    assert kvm["module"] == "kvm_intel"
+
+
+def test_kvm_not_usable_when_device_is_root_only(fs, fakehost):
+    if not fs.is_char_device("/dev/kvm"):
+        pytest.skip("cannot create a character device here (not root)")
+    os.chmod(fs.path("/dev/kvm"), 0o600)
+    kvm = hi.gather_kvm(fs)
+    assert kvm["ok"] is False
+    assert kvm["usable_by_qemu_user"] is False
+    assert "libvirt-qemu cannot open it" in kvm["reason"]
+    assert kvm["device_mode"] == "0600"
+
+
+def test_kvm_without_device_or_flag(tmp_path):
+    import make_fake_host
+
+    make_fake_host.build(str(tmp_path), cpu_flag="")
+    os.unlink(tmp_path / "dev/kvm")
+    kvm = hi.gather_kvm(HostFS(str(tmp_path)))
+    assert kvm["ok"] is False
+    assert "neither vmx nor svm" in kvm["reason"]
+    assert kvm["device_present"] is False
+
+
+def test_qemu_user_from_qemu_conf(fs):
+    with open(fs.path("/etc/libvirt/qemu.conf"), "w") as handle:
+        handle.write('user = "+64055"\n# user = "nobody"\n')
+    assert hi.qemu_user(fs) == "64055"
+
+
+def test_numa(fs):
+    numa = hi.gather_numa(fs)
+    assert numa["node_count"] == 2
+    assert [n["id"] for n in numa["nodes"]] == [0, 1]
+    assert numa["nodes"][1] == {"id": 1, "cpus": "2-3", "memory_total_kb": 8388608, "memory_free_kb": 8000000}
+
+
+def test_hugepages_per_size_and_node(fs):
+    hp = hi.gather_hugepages(fs)
+    assert hp["default_size_kb"] == 2048
+    assert sorted(hp["pools"]) == ["1048576kB", "2048kB"]
+    two_m = hp["pools"]["2048kB"]
+    assert (two_m["total"], two_m["free"], two_m["reserved"], two_m["surplus"]) == (16, 16, 0, 0)
+    assert two_m["nodes"] == {"0": {"total": 8, "free": 8, "surplus": 0}, "1": {"total": 8, "free": 8, "surplus": 0}}
+    assert hp["mounts"] == [{"path": "/dev/hugepages", "pagesize": "2M"}, {"path": "/dev/hugepages1G", "pagesize": "1024M"}]
+
+
+def test_iommu_groups(fs, fakehost):
+    iommu = hi.gather_iommu(fs)
+    assert iommu["enabled"] is True
+    assert iommu["units"] == ["dmar0"]
+    assert iommu["group_count"] == 5
+    assert list(iommu["groups"]) == ["0", "1", "2", "3", "4"]
+    gpu = iommu["groups"]["1"]
+    assert [d["address"] for d in gpu] == fakehost["gpu"]
+    assert gpu[0]["driver"] == "nouveau"
+    assert gpu[0]["vendor_id"] == "10de"
+    assert iommu["groups"]["2"][0]["netdevs"] == ["enp3s0f0"]
+
+
+def test_iommu_off(tmp_path):
+    assert hi.gather_iommu(HostFS(str(tmp_path))) == {"enabled": False, "units": [], "kernel_cmdline": [], "group_count": 0, "groups": {}}
+
+
+def test_sriov(fs, fakehost):
+    devices = hi.gather_sriov(fs)["devices"]
+    assert devices == [{
+        "address": fakehost["pf"], "netdevs": ["enp3s0f0"], "driver": "igb", "totalvfs": 7, "numvfs": 2, "vfs": fakehost["vfs"],
+    }]
+
+
+def test_apparmor_and_ksm(fs, tmp_path):
+    assert hi.gather_apparmor(fs) == {"enabled": True, "kernel_module": True}
+    ksm = hi.gather_ksm(fs)
+    assert ksm["available"] is True
+    assert (ksm["run"], ksm["pages_shared"], ksm["pages_sharing"]) == (1, 12, 40)
+    assert hi.gather_ksm(HostFS(str(tmp_path / "empty"))) == {"available": False}
+    assert hi.gather_apparmor(HostFS(str(tmp_path / "empty"))) == {"enabled": False, "kernel_module": False}
+
+
+def test_empty_tree_gives_nulls_not_errors(tmp_path):
+    facts = hi.gather(HostFS(str(tmp_path)), set(hi.SUBSETS) - {"libvirt"})
+    assert facts["cpu"]["address_bits"] == {"physical": None, "virtual": None}
+    assert facts["numa"] == {"node_count": 0, "nodes": []}
+    assert facts["hugepages"] == {"default_size_kb": None, "pools": {}, "mounts": []}
+    assert facts["kvm"]["ok"] is False
+
+
+def test_libvirt_from_test_driver(test_conn):
+    facts = hi.gather_libvirt(test_conn)
+    assert facts["uri"] == "test:///default"
+    assert facts["libvirt_version"].count(".") == 2
+    assert facts["hypervisor"] == "TEST"
+    assert facts["host_arch"] in facts["guests"] or facts["guests"] == {}
+
+
+def _unreachable():
+    raise LibvirtError("cannot connect to libvirt at qemu:///nowhere: no socket", code=38)
+
+
+def test_libvirt_unreachable_is_null_unless_required(fs):
+    facts = hi.gather(fs, {"libvirt", "ksm"}, _unreachable, libvirt_required=False)
+    assert facts["libvirt"] is None
+    assert "no socket" in facts["libvirt_error"]
+    assert facts["ksm"]["available"] is True
+    with pytest.raises(LibvirtError, match=r"gather: libvirt.*no socket"):
+        hi.gather(fs, {"libvirt"}, _unreachable, libvirt_required=True)
+
+
+def test_libvirt_capabilities_parsing():
+    caps = """<capabilities><host><cpu><arch>x86_64</arch><model>Skylake-Client-IBRS</model>
+      <maxphysaddr mode='emulate' bits='39'/></cpu></host>
+      <guest><os_type>hvm</os_type><arch name='x86_64'>
+        <machine maxCpus='255'>pc-q35-8.2</machine><machine canonical='pc-q35-8.2' maxCpus='255'>q35</machine>
+        <machine maxCpus='255'>pc-q35-noble-hpb</machine>
+        <domain type='qemu'/><domain type='kvm'/></arch></guest></capabilities>"""
+
+    class Conn:
+        def getCapabilities(self):
+            return caps
+
+        def getVersion(self):
+            return 8002002
+
+        def getLibVersion(self):
+            return 10000000
+
+        def getType(self):
+            return "QEMU"
+
+    class Client:
+        conn = Conn()
+        uri = "qemu:///system"
+
+        def call(self, _action, func, *args):
+            return func(*args)
+
+    facts = hi.gather_libvirt(Client())
+    assert facts["libvirt_version"] == "10.0.0"
+    assert facts["hypervisor_version"] == "8.2.2"
+    assert facts["domain_types"] == ["kvm", "qemu"]
+    assert facts["host_maxphysaddr"] == {"mode": "emulate", "bits": 39}
+    assert facts["hpb_machine_types"] == ["pc-q35-noble-hpb"]
+    assert facts["guests"]["x86_64"]["machine_aliases"] == {"q35": "pc-q35-8.2"}
