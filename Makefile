@@ -6,7 +6,8 @@ SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export VIRTOPS_TEST_CACHE ?= /var/cache/virtops-kvm-tests
-COLL := $(CURDIR)/.build/ansible_collections/virtops/kvm
+export VIRTOPS_BUILD ?= $(CURDIR)/.build
+COLL := $(VIRTOPS_BUILD)/ansible_collections/virtops/kvm
 HARNESS := $(CURDIR)/tests/harness
 
 .PHONY: test deps collection lint sanity units integration guest demo build docs clean
@@ -31,7 +32,7 @@ sanity: collection
 
 units: collection
 	cd $(COLL)
-	PYTHONPATH=$(CURDIR)/.build $(HARNESS)/pytest.sh pytest -q -p no:cacheprovider tests/unit
+	PYTHONPATH=$(VIRTOPS_BUILD) $(HARNESS)/pytest.sh pytest -q -p no:cacheprovider tests/unit
 
 guest: deps
 	$(HARNESS)/build-guest.sh
@@ -46,7 +47,7 @@ integration: collection guest
 ## demo: provision this machine as a KVM host and boot a guest on it
 demo: collection guest
 	$(HARNESS)/libvirtd.sh start
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build ansible-playbook -i localhost, -c local \
+	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) ansible-playbook -i localhost, -c local \
 	  -e ansible_python_interpreter=$(VENV)/bin/python \
 	  -e virtops_guest_dir=$(VIRTOPS_TEST_CACHE)/guest \
 	  playbooks/demo.yml
@@ -56,7 +57,7 @@ build: collection
 	ansible-galaxy collection build --force $(COLL)
 
 docs: collection
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/.build ansible-doc virtops.kvm.host_info >/dev/null
+	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) ansible-doc virtops.kvm.host_info >/dev/null
 
 clean:
 	rm -rf .build tests/output virtops-kvm-*.tar.gz
