@@ -6,7 +6,9 @@ SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export VIRTOPS_TEST_CACHE ?= /var/cache/virtops-kvm-tests
-export VIRTOPS_BUILD ?= $(CURDIR)/.build
+# ansible-test needs the tree at .../ansible_collections/virtops/kvm and outside any git checkout
+# (inside one it lists files with git); the mirror lives in a directory named after this checkout.
+export VIRTOPS_BUILD ?= /tmp/virtops-kvm-build-$(shell printf %s '$(CURDIR)' | cksum | cut -d' ' -f1)
 COLL := $(VIRTOPS_BUILD)/ansible_collections/virtops/kvm
 HARNESS := $(CURDIR)/tests/harness
 
@@ -60,4 +62,4 @@ docs: collection
 	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) ansible-doc virtops.kvm.host_info >/dev/null
 
 clean:
-	rm -rf .build tests/output virtops-kvm-*.tar.gz
+	rm -rf $(VIRTOPS_BUILD) tests/output virtops-kvm-*.tar.gz

@@ -13,7 +13,7 @@ set -euo pipefail
 
 cache=${VIRTOPS_TEST_CACHE:-/var/cache/virtops-kvm-tests}
 out="$cache/guest"
-recipe_version=3
+recipe_version=4
 
 if [ -f "$out/VERSION" ] && [ "$(cat "$out/VERSION")" = "$recipe_version" ] \
    && [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ]; then
@@ -77,7 +77,7 @@ done
 
 cat > "$root/etc/acpi/PWRF/00000080" <<'SH'
 #!/bin/sh
-echo "VIRTOPS-GUEST-POWEROFF"
+echo "VIRTOPS-GUEST-POWEROFF" > /dev/console
 sync
 poweroff -f
 SH

@@ -4,7 +4,7 @@
 # without build output), so tests always run what is in the tree now.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-dest="${VIRTOPS_BUILD:-$top/.build}/ansible_collections/virtops/kvm"
+dest="${VIRTOPS_BUILD:?set VIRTOPS_BUILD (the Makefile does)}/ansible_collections/virtops/kvm"
 mkdir -p "$dest"
 rsync -a --delete \
   --exclude /.git --exclude /.build --exclude /.venv --exclude __pycache__ \

@@ -69,4 +69,5 @@ def test_integration_target(target):
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(proc.stdout)
     tail = "\n".join(proc.stdout.splitlines()[-60:])
-    assert proc.returncode == 0, "ansible-test integration %s failed (rc=%d); full log in %s\n%s" % (target.name, proc.returncode, log, tail)
+    rc = proc.returncode
+    assert rc == 0, "ansible-test integration %s failed (rc=%d); full log in %s\n%s" % (target.name, rc, log, tail)
