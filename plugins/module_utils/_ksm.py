@@ -1,0 +1,150 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Kernel Same-page Merging settings in /sys/kernel/mm/ksm, at runtime and through a tmpfiles rule.
+
+``merge_across_nodes`` can only be written while no page is shared: the kernel answers EBUSY
+otherwise. :func:`ensure_ksm` then unmerges (``run`` = 2), waits for ``pages_shared`` to drop to
+zero, writes the setting and puts ``run`` back, or fails saying what is still shared.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._host_info import KSM, gather_ksm
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import hostfs_for
+
+SETTINGS = ("pages_to_scan", "sleep_millisecs", "merge_across_nodes", "run")
+TMPFILES = "/etc/tmpfiles.d/virtops-ksm.conf"
+RUN_UNMERGE = 2
+
+
+def desired_settings(params):
+    """The settings the user asked for, as the integers sysfs holds."""
+    wanted = {}
+    for name in SETTINGS:
+        value = params.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        if value < 0:
+            raise ValidationError("%s must be 0 or more, got %d" % (name, value))
+        wanted[name] = value
+    return wanted
+
+
+def tmpfiles_rule(wanted):
+    """A systemd-tmpfiles configuration writing ``wanted`` to sysfs at boot (run last)."""
+    lines = ["# Managed by virtops.kvm.ksm: KSM settings applied at boot by systemd-tmpfiles."]
+    for name in SETTINGS:
+        if name in wanted:
+            lines.append("w %s/%s - - - - %d" % (KSM, name, wanted[name]))
+    return "\n".join(lines) + "\n"
+
+
+def _wait_unshared(fs, timeout, sleep):
+    deadline = time.monotonic() + timeout
+    while True:
+        shared = fs.read_int(KSM + "/pages_shared", 0)
+        if shared == 0:
+            return 0
+        if time.monotonic() >= deadline:
+            return shared
+        sleep(0.2)
+
+
+def _write_merge_across_nodes(fs, value, current, params, sleep):
+    """Write merge_across_nodes, unmerging first when pages are shared (the kernel refuses otherwise)."""
+    shared = current.get("pages_shared") or 0
+    unmerge_timeout = params.get("unmerge_timeout", 60)
+    if shared and not params.get("unmerge", True):
+        raise HostError(
+            "merge_across_nodes can only change while no pages are shared, and %d pages are shared now: "
+            "set unmerge=true to let the module unmerge them (run=2) first, or stop KSM (run=2) yourself" % shared,
+            pages_shared=shared,
+        )
+    previous_run = current["run"]
+    if shared:
+        fs.write(KSM + "/run", RUN_UNMERGE)
+        left = _wait_unshared(fs, unmerge_timeout, sleep)
+        if left:
+            fs.write(KSM + "/run", previous_run)
+            raise HostError(
+                "merge_across_nodes=%d needs every KSM page unmerged first; after run=2 and %ss, %d pages are still shared. "
+                "run was put back to %d. Retry with a longer unmerge_timeout." % (value, unmerge_timeout, left, previous_run),
+                pages_shared=left,
+            )
+    fs.write(KSM + "/merge_across_nodes", value)
+    if shared:
+        fs.write(KSM + "/run", previous_run)
+
+
+def ensure_ksm(fs, params, check_mode=False, sleep=time.sleep):
+    """Bring KSM to ``params``; returns the module result (without ``diff`` key unless asked)."""
+    if not fs.isdir(KSM):
+        raise HostError("%s does not exist: this kernel has no KSM (CONFIG_KSM); nothing can be set" % KSM)
+    wanted = desired_settings(params)
+    current = gather_ksm(fs)
+    if "merge_across_nodes" in wanted and current.get("merge_across_nodes") is None:
+        raise ValidationError("merge_across_nodes is not offered by this kernel (%s/merge_across_nodes is missing; the host is not NUMA)" % KSM)
+    before = {name: current.get(name) for name in SETTINGS}
+    after = dict(before)
+    after.update(wanted)
+    changes = {name: value for name, value in wanted.items() if current.get(name) != value}
+
+    before_file = after_file = None
+    if params.get("persistent"):
+        before_file = fs.read(TMPFILES)
+        before_file = None if before_file is None else before_file + "\n"
+        after_file = tmpfiles_rule(wanted)
+    file_changed = params.get("persistent") and before_file != after_file
+
+    if not check_mode:
+        for name in ("pages_to_scan", "sleep_millisecs"):
+            if name in changes:
+                fs.write("%s/%s" % (KSM, name), changes[name])
+        if "merge_across_nodes" in changes:
+            _write_merge_across_nodes(fs, changes["merge_across_nodes"], current, params, sleep)
+        if "run" in changes:
+            fs.write(KSM + "/run", changes["run"])
+        if file_changed:
+            fs.write_atomic(TMPFILES, after_file, mode=0o644)
+        counters = gather_ksm(fs)
+    else:
+        counters = dict(current)
+        counters.update(after)
+
+    result = {
+        "changed": bool(changes) or bool(file_changed),
+        "ksm": counters,
+        "before": before,
+        "after": after,
+    }
+    if params.get("persistent"):
+        result["tmpfiles"] = TMPFILES
+    result["diff"] = {
+        "before": _diff_text(before, before_file if params.get("persistent") else None),
+        "after": _diff_text(after, after_file),
+        "before_header": KSM,
+        "after_header": KSM,
+    }
+    return result
+
+
+def _diff_text(settings, file_text):
+    text = "".join("%s = %s\n" % (name, settings[name]) for name in SETTINGS)
+    if file_text is not None:
+        text += "# %s\n%s" % (TMPFILES, file_text)
+    return text
+
+
+def run_ksm(module):
+    """Module runner."""
+    fs = hostfs_for(module, module.params["root"])
+    result = ensure_ksm(fs, module.params, check_mode=module.check_mode)
+    diff = result.pop("diff")
+    if module._diff:
+        result["diff"] = diff
+    return result

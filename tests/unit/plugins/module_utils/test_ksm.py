@@ -1,0 +1,108 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _ksm
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HostFS
+
+
+@pytest.fixture
+def fs(fakehost):
+    return HostFS(fakehost["root"])
+
+
+def _val(fs, name):
+    return fs.read_int("/sys/kernel/mm/ksm/%s" % name)
+
+
+@pytest.mark.parametrize("params, written", [
+    ({"pages_to_scan": 500}, {"pages_to_scan": 500}),
+    ({"sleep_millisecs": 50, "run": 0}, {"sleep_millisecs": 50, "run": 0}),
+    ({"run": 2}, {"run": 2}),
+])
+def test_settings_are_written_then_idempotent(fs, params, written):
+    result = _ksm.ensure_ksm(fs, params)
+    assert result["changed"] is True
+    for name, value in written.items():
+        assert _val(fs, name) == value
+        assert result["after"][name] == value
+    assert _ksm.ensure_ksm(fs, params)["changed"] is False
+
+
+def test_check_mode_predicts_without_writing(fs):
+    checked = _ksm.ensure_ksm(fs, {"pages_to_scan": 777}, check_mode=True)
+    assert checked["changed"] is True
+    assert _val(fs, "pages_to_scan") == 100
+    real = _ksm.ensure_ksm(fs, {"pages_to_scan": 777})
+    assert real["changed"] is True
+    assert checked["after"] == real["after"]
+    assert checked["diff"]["after"] == real["diff"]["after"]
+    assert "pages_to_scan = 100" in real["diff"]["before"]
+    assert "pages_to_scan = 777" in real["diff"]["after"]
+
+
+def test_counters_are_returned(fs):
+    result = _ksm.ensure_ksm(fs, {"run": 1})
+    assert result["changed"] is False
+    assert result["ksm"]["pages_sharing"] == 40
+    assert result["ksm"]["pages_shared"] == 12
+
+
+def test_merge_across_nodes_unmerges_first(fs):
+    """Pages are shared: run=2, wait until pages_shared is 0 (the 'kernel' empties it), write, put run back."""
+    runs = []
+
+    def kernel_unmerges(_seconds):
+        runs.append(_val(fs, "run"))
+        fs.write("/sys/kernel/mm/ksm/pages_shared", 0)
+
+    result = _ksm.ensure_ksm(fs, {"merge_across_nodes": False}, sleep=kernel_unmerges)
+    assert result["changed"] is True
+    assert runs == [2]
+    assert _val(fs, "merge_across_nodes") == 0
+    assert _val(fs, "run") == 1
+
+
+def test_merge_across_nodes_fails_when_pages_stay_shared(fs):
+    with pytest.raises(HostError) as err:
+        _ksm.ensure_ksm(fs, {"merge_across_nodes": False, "unmerge_timeout": 0}, sleep=lambda _s: None)
+    assert "12 pages are still shared" in err.value.msg
+    assert _val(fs, "merge_across_nodes") == 1
+    assert _val(fs, "run") == 1
+
+
+def test_merge_across_nodes_without_unmerge_is_refused(fs):
+    with pytest.raises(HostError) as err:
+        _ksm.ensure_ksm(fs, {"merge_across_nodes": False, "unmerge": False})
+    assert "set unmerge=true" in err.value.msg
+    assert _val(fs, "run") == 1
+
+
+def test_persistent_tmpfiles_rule(fs):
+    params = {"run": 1, "pages_to_scan": 200, "persistent": True}
+    first = _ksm.ensure_ksm(fs, params)
+    assert first["changed"] is True
+    text = pathlib.Path(fs.path(_ksm.TMPFILES)).read_text(encoding="utf-8")
+    assert "w /sys/kernel/mm/ksm/pages_to_scan - - - - 200\n" in text
+    assert text.rstrip().endswith("w /sys/kernel/mm/ksm/run - - - - 1")
+    assert _ksm.ensure_ksm(fs, params)["changed"] is False
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"pages_to_scan": -1}, "must be 0 or more"),
+])
+def test_bad_input(fs, params, message):
+    with pytest.raises(ValidationError) as err:
+        _ksm.ensure_ksm(fs, params)
+    assert message in err.value.msg
+
+
+def test_no_ksm_in_kernel(tmp_path):
+    with pytest.raises(HostError) as err:
+        _ksm.ensure_ksm(HostFS(str(tmp_path)), {"run": 1})
+    assert "CONFIG_KSM" in err.value.msg
