@@ -2,17 +2,17 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """libvirt storage pools: define from XML, build, start/stop, autostart, undefine.
 
-The user's XML is the intent. An existing pool is redefined only when the intent is not already
-contained in libvirt's (inactive) definition once both are normalised (units to bytes, modes as
-numbers): libvirt adds uuid, capacity, allocation, target permissions and so on, which the user
-does not have to repeat. Check mode and diff come from the same plan as the real run.
+The user's XML is the intent. An existing pool is redefined only when merging the intent into
+libvirt's (inactive) definition with the shared XML engine changes it (values compared normalised:
+sizes in bytes, numbers as numbers): libvirt adds uuid, capacity, allocation, target permissions and
+so on, which the user does not have to repeat. Check mode and diff come from the same plan as the real run.
 """
 
 from __future__ import annotations
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import connect
-from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, to_string
+from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, three_way_merge, to_string, xml_equal
 
 STATES = ("present", "active", "inactive", "absent")
 
@@ -40,75 +40,6 @@ def prepare_intent(name, xml_text):
     elif (name_el.text or "").strip() != name:
         raise ValidationError("pool xml names the pool %r but name is %r; make them the same" % ((name_el.text or "").strip(), name))
     return root
-
-
-# Attributes holding a size with a sibling ``unit`` attribute, and libvirt's unit names.
-_UNITS = {
-    "b": 1, "bytes": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4, "pb": 1000**5, "eb": 1000**6,
-    "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3,
-    "t": 1024**4, "tib": 1024**4, "p": 1024**5, "pib": 1024**5, "e": 1024**6, "eib": 1024**6,
-}
-
-
-def to_bytes(value, unit="bytes", what="size"):
-    """``value`` with libvirt ``unit`` (or a suffix in the value, e.g. ``10G``, ``512MiB``) in bytes."""
-    text = str(value).strip()
-    number = text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ")
-    suffix = text[len(number):].strip() or unit or "bytes"
-    try:
-        factor = _UNITS[suffix.lower()]
-        amount = float(number)
-    except (KeyError, ValueError):
-        raise ValidationError("%s %r is not a size: use a number with an optional unit (bytes, KiB, MiB, GiB, TiB, KB, MB, GB...)" % (what, value)) from None
-    if amount < 0:
-        raise ValidationError("%s %r is negative" % (what, value))
-    return int(amount * factor)
-
-
-def _normal_text(tag, text):
-    text = (text or "").strip()
-    if tag == "mode" and text:
-        try:
-            return str(int(text, 8))
-        except ValueError:
-            return text
-    return text
-
-
-def _matches(intent, current):
-    if intent.tag != current.tag:
-        return False
-    want_attrs = dict(intent.attrib)
-    have_attrs = dict(current.attrib)
-    if "unit" in want_attrs or ((intent.text or "").strip() and intent.tag in ("capacity", "allocation", "available")):
-        if to_bytes(intent.text or 0, want_attrs.pop("unit", "bytes")) != to_bytes(current.text or 0, have_attrs.pop("unit", "bytes")):
-            return False
-    elif _normal_text(intent.tag, intent.text) and _normal_text(intent.tag, intent.text) != _normal_text(current.tag, current.text):
-        return False
-    for key, value in want_attrs.items():
-        if have_attrs.get(key) != value:
-            return False
-    used = set()
-    for child in intent:
-        if not isinstance(child.tag, str):
-            continue
-        for index, candidate in enumerate(current):
-            if index not in used and isinstance(candidate.tag, str) and _matches(child, candidate):
-                used.add(index)
-                break
-        else:
-            return False
-    return True
-
-
-def xml_contains(intent, current):
-    """True when every element, attribute and text of ``intent`` is in ``current`` (sizes and modes normalised).
-
-    Children are matched regardless of order; each element of ``current`` matches at most one of
-    ``intent``. What libvirt adds (uuid, sizes, permissions...) does not count as a difference.
-    """
-    return _matches(intent, current)
 
 
 def inactive_xml(client, obj, what):
@@ -142,13 +73,13 @@ def plan_pool(client, params):
     if state == "absent":
         if pool is not None:
             if params["delete_on_absent"]:
-                steps.append("delete")
-            if current["state"] == "active":
+                steps.append("delete")  # stops the pool itself once its volumes are gone
+            elif current["state"] == "active":
                 steps.append("stop")
             steps.append("undefine")
             after_xml = ""
             after = dict(state="absent", autostart=False)
-        return pool, dict(steps=steps, before=current, after=after, before_xml=before_xml, after_xml=after_xml, define_xml=None)
+        return pool, dict(steps=steps, before=current, after=after, before_xml=before_xml, after_xml=after_xml, define_xml=None, warnings=[])
 
     define_xml = None
     pool_type = parse_xml(before_xml, "pool %s" % name).get("type") if pool is not None else None
@@ -157,14 +88,13 @@ def plan_pool(client, params):
         pool_type = intent.get("type")
         if pool is None:
             define_xml = to_string(intent)
-        elif not xml_contains(intent, parse_xml(before_xml, "pool %s" % name)):
+        else:
+            # Pools have no <metadata> for a last-applied intent: a two-way merge (what the intent
+            # says is enforced, what libvirt added is kept). Unchanged when the intent is contained.
             current_root = parse_xml(before_xml, "pool %s" % name)
-            uuid = current_root.findtext("uuid")
-            if intent.find("uuid") is None and uuid:
-                uuid_el = intent.makeelement("uuid", {})
-                uuid_el.text = uuid
-                intent.insert(1, uuid_el)
-            define_xml = to_string(intent)
+            merged = three_way_merge(intent, current_root)
+            if not xml_equal(merged, current_root):
+                define_xml = to_string(merged)
     elif pool is None:
         raise ValidationError("pool %s does not exist and no xml was given to define it; pass xml (e.g. <pool type='dir'>...)" % name)
 
@@ -186,7 +116,7 @@ def plan_pool(client, params):
         after["autostart"] = params["autostart"]
     pending = bool(define_xml is not None and pool is not None and current["state"] == "active")
     return pool, dict(steps=steps, before=current, after=after, before_xml=before_xml, after_xml=after_xml, define_xml=define_xml,
-                      pending_restart=pending, type=pool_type)
+                      pending_restart=pending, type=pool_type, warnings=[])
 
 
 def apply_pool(client, pool, params, plan):
@@ -205,17 +135,21 @@ def apply_pool(client, pool, params, plan):
         elif step == "autostart":
             client.call("cannot set autostart on pool %s" % name, pool.setAutostart, 1 if params["autostart"] else 0)
         elif step == "delete":
-            _delete_storage(client, pool, name)
+            _delete_storage(client, pool, name, plan["warnings"])
         elif step == "undefine":
             client.call("cannot undefine pool %s" % name, pool.undefine)
             pool = None
     return pool
 
 
-def _delete_storage(client, pool, name):
+def _delete_storage(client, pool, name, warnings):
     """delete_on_absent: remove the volumes, then the pool's own storage (directory, volume group...)."""
     if not pool.isActive():
-        client.call("cannot start pool %s to delete its volumes" % name, pool.create, 0)
+        try:
+            client.call("cannot start pool %s to delete its volumes" % name, pool.create, 0)
+        except LibvirtError as exc:
+            warnings.append("the storage of pool %s could not be reached, so nothing was deleted (%s)" % (name, exc.msg))
+            return
     client.call("cannot refresh pool %s" % name, pool.refresh, 0)
     for vol_name in client.call("cannot list volumes of pool %s" % name, pool.listVolumes):
         vol = client.lookup_volume(pool, vol_name)
@@ -256,6 +190,8 @@ def manage_pool(client, params, check_mode=False, want_diff=False):
         pool = apply_pool(client, pool, params, plan)
     result = dict(changed=changed, actions=plan["steps"], pending_restart=plan.get("pending_restart", False))
     result["pool"] = pool_facts(client, pool)
+    if plan["warnings"]:
+        result["warnings"] = plan["warnings"]
     if want_diff:
         result["diff"] = [
             dict(before_header="pool %s (XML)" % params["name"], after_header="pool %s (XML)" % params["name"],
