@@ -24,9 +24,9 @@ deps:
 collection: deps
 	$(HARNESS)/sync-collection.sh >/dev/null
 
-lint: deps
+lint: collection
 	ruff check plugins tests
-	if [ -d roles ] && ls roles/*/tasks >/dev/null 2>&1; then ansible-lint --profile production roles playbooks; fi
+	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) ansible-lint --profile production roles playbooks
 
 sanity: collection
 	cd $(COLL)

@@ -36,7 +36,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""
@@ -69,7 +69,7 @@ host:
       sample: {vendor: GenuineIntel, model_name: Intel Xeon, virtualization_flag: vmx, address_bits: {physical: 46, virtual: 48}}
     kvm:
       description:
-        - The kvm-ok question. RV(host.kvm.ok) with RV(host.kvm.reason); whether C(/dev/kvm) exists and is
+        - The kvm-ok question. C(ok) with C(reason); whether C(/dev/kvm) exists and is
           usable by the user QEMU runs as; the kvm module and its C(nested) parameter.
       returned: when gathered
       type: dict
@@ -107,7 +107,7 @@ host:
       type: dict
       sample: {enabled: true, kernel_module: true}
     ksm:
-      description: Kernel Same-page Merging settings and counters, or RV(host.ksm.available=false).
+      description: Kernel Same-page Merging settings and counters, or C(available=false) when the kernel has no KSM.
       returned: when gathered
       type: dict
       sample: {available: true, run: 0, pages_to_scan: 100, sleep_millisecs: 20, merge_across_nodes: 1, pages_shared: 0, pages_sharing: 0}

@@ -36,4 +36,15 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   "$venv/bin/pip" install -q -r "$top/requirements.txt" -r "$top/tests/requirements.txt" 2>&1 | { grep -v "^WARNING: Location" || true; }
   echo "$want" > "$stamp"
 fi
+# ansible-test bootstraps pip in its sanity venvs from a download this network cannot reach;
+# give it the stand-in under the cache name it looks for (the pip version it pins).
+pip_version=$("$venv/bin/python" - <<'PY'
+import re, pathlib, ansible_test
+src = pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requirements.py"
+print(re.search(r"pip='([0-9.]+)'", src.read_text()).group(1))
+PY
+)
+mkdir -p "$HOME/.ansible/test/cache"
+install -m 0644 "$here/get_pip_standin.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+
 echo "setup-host: ready ($("$venv/bin/ansible" --version | head -1))"
