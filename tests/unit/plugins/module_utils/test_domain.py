@@ -1,0 +1,275 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""domain logic against libvirt's test:///default driver."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
+    Lifecycle,
+    domain_equivalence,
+    ensure_domain,
+    machine_aliases,
+    referenced_storage,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, read_last_applied
+
+NAME = "virtops-test-domain-unit"
+
+
+def domain_xml(memory="192", unit="MiB", *, disks=("vda",), tmp="/tmp", name=NAME, extra=""):
+    disk_xml = "".join(
+        "<disk type='file' device='disk'><source file='%s/%s.img'/><target dev='%s'/></disk>" % (tmp, dev, dev) for dev in disks
+    )
+    return (
+        "<domain type='test'><name>%s</name><memory%s>%s</memory><vcpu>1</vcpu><os><type>hvm</type></os>%s"
+        "<devices>%s<interface type='network'><source network='default'/></interface></devices></domain>"
+        % (name, " unit='%s'" % unit if unit else "", memory, extra, disk_xml)
+    )
+
+
+@pytest.fixture(autouse=True)
+def _clean(test_conn):
+    """test:///default is shared by the whole process: remove our guest before and after each test."""
+
+    def remove():
+        dom = test_conn.lookup_domain(NAME)
+        if dom is not None:
+            if dom.isActive():
+                dom.destroy()
+            if dom.isPersistent():
+                dom.undefineFlags(1 | 2)
+
+    remove()
+    yield
+    remove()
+
+
+def params(**kwargs):
+    base = dict(name=NAME, xml=domain_xml(), state="present", autostart=None, shutdown_timeout=5, force=False, apply="next_boot",
+                save_path=None, restore_from=None, remove_storage=False)
+    base.update(kwargs)
+    return base
+
+
+def run(conn, check=False, **kwargs):
+    return ensure_domain(conn, params(**kwargs), check_mode=check, want_diff=True)
+
+
+def test_define_then_idempotent(test_conn):
+    predicted = run(test_conn, check=True)
+    assert predicted["changed"] and predicted["domain"]["uuid"] is None
+    assert test_conn.lookup_domain(NAME) is None
+    first = run(test_conn)
+    assert first["changed"] and first["domain"]["state"] == "shutoff"
+    assert read_last_applied(parse_xml(first["xml"])) is not None
+    again = run(test_conn)
+    assert not again["changed"] and "diff" not in again
+    assert run(test_conn, check=True)["changed"] is False
+
+
+@pytest.mark.parametrize("memory,unit", [("196608", "KiB"), ("196608", None), ("201326592", "b"), ("192", "M")])
+def test_equal_sizes_in_other_units_are_no_change(test_conn, memory, unit):
+    run(test_conn)
+    result = run(test_conn, xml=domain_xml(memory=memory, unit=unit))
+    # the stored intent changes (so the next removal is computed right), the configuration does not
+    assert "<memory unit=\"KiB\">196608</memory>" in result["xml"]
+
+
+def test_memory_change_is_predicted_and_applied(test_conn):
+    run(test_conn)
+    check = run(test_conn, check=True, xml=domain_xml(memory="256"))
+    real = run(test_conn, xml=domain_xml(memory="256"))
+    assert check["changed"] is real["changed"] is True
+    assert "262144" in real["xml"] and "<currentMemory unit=\"KiB\">262144" in real["xml"]
+    assert "262144" in real["diff"][0]["after"] and "196608" in real["diff"][0]["before"]
+    assert not run(test_conn, xml=domain_xml(memory="256"))["changed"]
+
+
+def test_removed_disk_goes_away_and_mac_is_stable(test_conn):
+    first = run(test_conn, xml=domain_xml(disks=("vda", "vdb")))
+    mac = parse_xml(first["xml"]).find("devices/interface/mac").get("address")
+    result = run(test_conn, xml=domain_xml(disks=("vda",)))
+    xml = parse_xml(result["xml"])
+    assert result["changed"]
+    assert [t.get("dev") for t in xml.findall("devices/disk/target")] == ["vda"]
+    assert xml.find("devices/interface/mac").get("address") == mac
+
+
+@pytest.mark.parametrize(
+    "xml,match",
+    [
+        ("<domain><name>x", "not well-formed XML.*line 1, column"),
+        ("<network><name>%s</name></network>" % NAME, "must have a <domain> root element, found <network>"),
+        (domain_xml(name="virtops-test-other"), "does not match name=%s" % NAME),
+        (domain_xml(extra="").replace("<vcpu>", "<uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid><vcpu>"), "already belongs to guest test"),
+    ],
+)
+def test_bad_xml_fails_and_changes_nothing(test_conn, xml, match):
+    with pytest.raises(ValidationError, match=match):
+        run(test_conn, xml=xml)
+    assert test_conn.lookup_domain(NAME) is None
+
+
+def test_schema_validation_rejects_unknown_elements(test_conn):
+    with pytest.raises(LibvirtError):
+        run(test_conn, xml=domain_xml(extra="<bogus/>"))
+    assert test_conn.lookup_domain(NAME) is None
+
+
+def test_missing_guest_without_xml_fails(test_conn):
+    with pytest.raises(ValidationError, match="does not exist; give its xml"):
+        run(test_conn, xml=None, state="running")
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        [("running", "running", ["start"]), ("paused", "paused", ["pause"]), ("running", "running", ["resume"])],
+        [("running", "running", ["start"]), ("paused", "paused", ["pause"]), ("destroyed", "shutoff", ["destroy"])],
+        [("running", "running", ["start"]), ("saved", "shutoff", ["save (managed)"]), ("running", "running", ["start"])],
+        [("running", "running", ["start"]), ("shutdown", "shutoff", ["shutdown"])],
+    ],
+)
+def test_power_states_are_predicted_and_idempotent(test_conn, sequence):
+    run(test_conn)
+    for state, expect_state, expect_actions in sequence:
+        check = run(test_conn, check=True, xml=None, state=state)
+        real = run(test_conn, xml=None, state=state)
+        assert check["actions"] == real["actions"] == expect_actions
+        assert check["domain"]["state"] == real["domain"]["state"] == expect_state
+        again = run(test_conn, xml=None, state=state)
+        assert not again["changed"] and again["actions"] == []
+
+
+def test_restarted_always_changes(test_conn):
+    run(test_conn, state="running")
+    assert run(test_conn, state="restarted")["actions"] == ["reboot"]
+    assert run(test_conn, state="restarted")["changed"]
+
+
+def test_autostart(test_conn):
+    run(test_conn)
+    assert run(test_conn, check=True, autostart=True)["changed"]
+    assert run(test_conn, autostart=True)["domain"]["autostart"] is True
+    assert not run(test_conn, autostart=True)["changed"]
+
+
+def test_pending_restart_and_apply_restart(test_conn):
+    run(test_conn, state="running")
+    pending = run(test_conn, state="running", xml=domain_xml(memory="256"))
+    assert pending["domain"]["pending_restart"] is True
+    assert run(test_conn, state="running", xml=domain_xml(memory="256"))["domain"]["pending_restart"] is True
+    applied = run(test_conn, state="running", xml=domain_xml(memory="256"), apply="restart")
+    assert applied["changed"] and applied["actions"] == ["shutdown", "start"]
+    assert applied["domain"]["pending_restart"] is False
+
+
+def test_save_path_and_restore_from(test_conn, tmp_path):
+    path = str(tmp_path / "state")
+    run(test_conn, state="running")
+    saved = run(test_conn, xml=None, state="saved", save_path=path)
+    assert saved["changed"] and saved["domain"]["state"] == "shutoff"
+    assert not run(test_conn, xml=None, state="saved", save_path=path)["changed"]
+    restored = run(test_conn, xml=None, state="running", restore_from=path)
+    assert restored["actions"] == ["restore from %s" % path] and restored["domain"]["state"] == "running"
+
+
+def test_restore_from_missing_file_fails(test_conn, tmp_path):
+    run(test_conn)
+    with pytest.raises(ValidationError, match=r"restore_from: .* does not exist"):
+        run(test_conn, xml=None, state="running", restore_from=str(tmp_path / "nope"))
+    assert test_conn.lookup_domain(NAME).isActive() == 0
+
+
+def test_absent_with_remove_storage_removes_only_own_files(test_conn, tmp_path):
+    for dev in ("vda", "vdb", "other"):
+        (tmp_path / ("%s.img" % dev)).write_text("x")
+    run(test_conn, state="running", xml=domain_xml(disks=("vda", "vdb"), tmp=str(tmp_path)))
+    check = run(test_conn, check=True, state="absent", remove_storage=True)
+    assert check["changed"] and sorted(check["removed_storage"]) == [str(tmp_path / "vda.img"), str(tmp_path / "vdb.img")]
+    assert (tmp_path / "vda.img").exists()
+    result = run(test_conn, state="absent", remove_storage=True)
+    assert sorted(result["removed_storage"]) == sorted(check["removed_storage"])
+    assert not (tmp_path / "vda.img").exists() and (tmp_path / "other.img").exists()
+    assert test_conn.lookup_domain(NAME) is None
+    assert not run(test_conn, state="absent")["changed"]
+
+
+def test_absent_keeps_storage_by_default(test_conn, tmp_path):
+    (tmp_path / "vda.img").write_text("x")
+    run(test_conn, xml=domain_xml(tmp=str(tmp_path)))
+    assert run(test_conn, state="absent")["removed_storage"] == []
+    assert (tmp_path / "vda.img").exists()
+
+
+@pytest.mark.parametrize(
+    "disk,expected",
+    [
+        ("<disk type='file' device='disk'><source file='/a'/></disk>", [("path", None, "/a")]),
+        ("<disk type='file' device='cdrom'><source file='/a.iso'/></disk>", []),
+        ("<disk type='file' device='disk'><source file='/a'/><readonly/></disk>", []),
+        ("<disk type='file' device='disk'><source file='/a'/><shareable/></disk>", []),
+        ("<disk type='volume' device='disk'><source pool='p' volume='v'/></disk>", [("volume", "p", "v")]),
+        ("<disk type='block' device='disk'><source dev='/dev/x'/></disk>", [("path", None, "/dev/x")]),
+    ],
+)
+def test_referenced_storage(disk, expected):
+    assert referenced_storage(parse_xml("<domain><devices>%s</devices></domain>" % disk)) == expected
+
+
+def test_machine_aliases_from_capabilities(test_conn):
+    aliases = machine_aliases(test_conn.conn)
+    equal = domain_equivalence({"q35": "pc-q35-7.2"})
+    node = parse_xml("<type machine='q35'>hvm</type>")
+    assert isinstance(aliases, dict)
+    assert equal(node, "machine", "q35", "pc-q35-7.2") and not equal(node, "machine", "pc", "pc-q35-7.2")
+    assert not equal(parse_xml("<other/>"), "machine", "q35", "pc-q35-7.2")
+
+
+class _StubbornDomain:
+    """A running guest that ignores the ACPI power button (only the shutdown wait is faked)."""
+
+    def __init__(self):
+        self.destroyed = False
+
+    def name(self):
+        return "virtops-test-stubborn"
+
+    def state(self):
+        return (5, 2) if self.destroyed else (1, 1)
+
+    def shutdown(self):
+        return 0
+
+    def destroy(self):
+        self.destroyed = True
+        return 0
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_shutdown_timeout_then_force(test_conn, force):
+    clock = _Clock()
+    dom = _StubbornDomain()
+    life = Lifecycle(test_conn, dom, shutdown_timeout=3, force=force, sleep=clock.sleep, clock=clock)
+    if force:
+        life.shutdown()
+        assert dom.destroyed and life.actions == ["shutdown", "destroy"]
+    else:
+        with pytest.raises(LibvirtError, match=r"did not shut down within 3s.*set force=true"):
+            life.shutdown()
+        assert not dom.destroyed
+    assert clock.now >= 3
