@@ -47,4 +47,5 @@ PY
 mkdir -p "$HOME/.ansible/test/cache"
 install -m 0644 "$here/get_pip_standin.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
 
-echo "setup-host: ready ($("$venv/bin/ansible" --version | head -1))"
+version=$("$venv/bin/ansible" --version)
+echo "setup-host: ready (${version%%$'\n'*})"
