@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import connect, libvirt, translated
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import (
     parse_xml,
@@ -230,7 +230,7 @@ class Lifecycle:
         if self.force:
             self.destroy()
             return
-        raise LibvirtError(
+        raise VirtopsError(
             "guest %s did not shut down within %ss of an ACPI power-button request (state: %s, reason: %s); it may ignore ACPI: "
             "set force=true to power it off, or raise shutdown_timeout" % (self.name, self.shutdown_timeout, state, reason),
             state=state, state_reason=reason,

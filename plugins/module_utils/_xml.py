@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
@@ -41,8 +42,9 @@ def parse_xml(text, what="XML"):
         return etree.fromstring(text, parser)
     except etree.XMLSyntaxError as exc:
         line, column = exc.position if exc.position else (None, None)
+        reason = re.sub(r", line \d+, column \d+$", "", exc.msg or "")
         raise ValidationError(
-            "%s is not well-formed XML: %s (line %s, column %s)" % (what, exc.msg, line, column),
+            "%s is not well-formed XML: %s (line %s, column %s)" % (what, reason, line, column),
             line=line, column=column,
         ) from exc
 

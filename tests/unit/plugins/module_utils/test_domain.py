@@ -13,7 +13,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
     machine_aliases,
     referenced_storage,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, read_last_applied
 
 NAME = "virtops-test-domain-unit"
@@ -269,7 +269,7 @@ def test_shutdown_timeout_then_force(test_conn, force):
         life.shutdown()
         assert dom.destroyed and life.actions == ["shutdown", "destroy"]
     else:
-        with pytest.raises(LibvirtError, match=r"did not shut down within 3s.*set force=true"):
+        with pytest.raises(VirtopsError, match=r"did not shut down within 3s.*set force=true"):
             life.shutdown()
         assert not dom.destroyed
     assert clock.now >= 3
