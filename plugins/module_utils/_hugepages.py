@@ -93,7 +93,7 @@ def _targets(fs, params, size_kb):
         if mem is not None and wanted * size_kb > mem:
             raise ValidationError(
                 "asked for %d pages of %d kB (%d MiB) %s, but it has only %d MiB of memory in total: ask for fewer pages"
-                % (wanted, size_kb, wanted * size_kb // 1024, "on node %d" % node if node is not None else "system-wide", mem // 1024)
+                % (wanted, size_kb, wanted * size_kb // 1024, _where(node), mem // 1024)
             )
     return targets
 
@@ -282,8 +282,8 @@ def ensure_hugepages(fs, params, runner=None, check_mode=False, writer=None):
         },
     }
     if grub_changed and skipped:
-        warnings.append("the kernel command line changed in %s; run %s and reboot" % (", ".join(p for p in file_changes if "grub" in p),
-                                                                                     " ".join(commands[0])))
+        grub_files = ", ".join(p for p in file_changes if "grub" in p)
+        warnings.append("the kernel command line changed in %s; run %s and reboot" % (grub_files, " ".join(commands[0])))
     return result
 
 

@@ -68,7 +68,7 @@ attributes:
 requirements:
   - apparmor_parser (the C(apparmor) package)
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

@@ -35,7 +35,7 @@ options:
     type: int
   nodes:
     description:
-      - Number of pages per NUMA node, keys are node numbers (V({0: 512, 1: 512})).
+      - "Number of pages per NUMA node, keys are node numbers (V({0: 512, 1: 512}))."
       - Nodes not listed are left alone. Mutually exclusive with O(count).
     type: dict
   mode:
@@ -86,7 +86,7 @@ attributes:
 notes:
   - Writing the kernel command line only takes effect after a reboot; the module never reboots.
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

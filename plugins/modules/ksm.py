@@ -63,7 +63,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""
