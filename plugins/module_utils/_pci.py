@@ -647,6 +647,8 @@ def sriov(host, device, *, num_vfs=None, vfs=(), vf_driver=None, persistent=Fals
                 if not host.wait_for(lambda: _vf_ready(fs, pf, wanted_count), timeout):
                     raise HostError("wrote %d to %s/sriov_numvfs but after %ss the VFs are not all there with a driver: %s"
                                     % (wanted_count, pf, timeout, vf_addresses(fs, pf)))
+                if host.runner and host.runner.which("udevadm"):  # let udev rename the VFs' interfaces before reporting them
+                    host.runner.run(["udevadm", "settle", "--timeout=%d" % timeout], check=False)
 
     exists_now = not (host.check_mode and count_change)
     kernel = host.net.vfs(pf_netdev) if pf_netdev and host.net and exists_now and (wanted_vfs or wanted_count) else {}
