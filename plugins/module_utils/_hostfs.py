@@ -128,6 +128,9 @@ class HostFS:
                 os.chmod(tmp, mode)
                 if self._atomic_move is not None:
                     self._atomic_move(tmp, real)
+                    # atomic_move keeps an existing file's mode and gives a new one the default:
+                    # the mode asked for wins either way (0600 for files holding secrets).
+                    os.chmod(real, mode)
                 else:
                     os.replace(tmp, real)
             finally:

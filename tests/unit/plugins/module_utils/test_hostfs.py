@@ -58,8 +58,9 @@ def test_write_atomic_uses_the_given_mover(tmp_path):
         os.replace(src, dest)
 
     fs = HostFS(str(tmp_path), atomic_move=mover)
-    fs.write_atomic("/f", "x")
+    fs.write_atomic("/f", "x", mode=0o600)
     assert moves == [str(tmp_path / "f")]
+    assert os.stat(tmp_path / "f").st_mode & 0o777 == 0o600
 
 
 def test_write_and_remove(tmp_path):
