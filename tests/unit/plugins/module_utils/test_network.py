@@ -21,6 +21,17 @@ HOST1 = "<host mac='52:54:00:aa:00:01' name='g1' ip='192.168.250.50'/>"
 HOST2 = "<host mac='52:54:00:aa:00:02' name='g2' ip='192.168.250.51'/>"
 
 
+@pytest.fixture(autouse=True)
+def _clean(test_conn):
+    """test:///default is shared while any connection to it is open: leave no network behind."""
+    yield
+    net = test_conn.lookup_network(NAME)
+    if net is not None:
+        if net.isActive():
+            net.destroy()
+        net.undefine()
+
+
 def net_xml(dhcp_extra="", extra=""):
     return (
         "<network><name>%s</name><bridge name='vt-unit0'/>%s"

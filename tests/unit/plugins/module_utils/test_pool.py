@@ -11,6 +11,17 @@ NAME = "virtops-test-pool-unit"
 DIR_XML = "<pool type='dir'><target><path>/virtops-test-pool</path></target></pool>"
 
 
+@pytest.fixture(autouse=True)
+def _clean(test_conn):
+    """test:///default is shared while any connection to it is open: leave no pool behind."""
+    yield
+    pool = test_conn.lookup_pool(NAME)
+    if pool is not None:
+        if pool.isActive():
+            pool.destroy()
+        pool.undefine()
+
+
 def params(**kw):
     base = dict(name=NAME, xml=DIR_XML, state="present", autostart=None, build=False, delete_on_absent=False)
     base.update(kw)

@@ -21,6 +21,17 @@ POOL = "default-pool"  # test:///default's pool
 MIB = 1024 * 1024
 
 
+@pytest.fixture(autouse=True)
+def _clean(test_conn):
+    """test:///default is shared while any connection to it is open: leave no volume behind."""
+    yield
+    pool = test_conn.lookup_pool(POOL)
+    for name in ("virtops-test-vol", "virtops-test-vol-clone"):
+        vol = test_conn.lookup_volume(pool, name)
+        if vol is not None:
+            vol.delete(0)
+
+
 def module(check_mode=False, **kw):
     params = dict(pool=POOL, name="virtops-test-vol", state="present", capacity=None, allow_shrink=False, format=None, clone_from=None,
                   backing_store=None, upload_from=None, checksum=None, validate_certs=True, timeout=30, encryption=None, secret=None, wipe=False)
