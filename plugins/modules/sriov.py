@@ -32,14 +32,32 @@ options:
     elements: dict
     default: []
     suboptions:
-      index: {description: VF index (0 to O(num_vfs) - 1)., type: int, required: true}
-      mac: {description: MAC address of the VF., type: str}
-      vlan: {description: VLAN ID (0 removes the VLAN)., type: int}
-      qos: {description: 802.1p priority for O(vfs[].vlan)., type: int}
-      spoofchk: {description: MAC spoof checking., type: bool}
-      trust: {description: Trusted VF (may change its MAC, enable promiscuous mode)., type: bool}
-      link_state: {description: Link state the VF sees., type: str, choices: [auto, enable, disable]}
-      max_tx_rate: {description: Maximum transmit rate in Mbit/s (0 means unlimited)., type: int}
+      index:
+        description: VF index (0 to O(num_vfs) - 1).
+        type: int
+        required: true
+      mac:
+        description: MAC address of the VF.
+        type: str
+      vlan:
+        description: VLAN ID (0 removes the VLAN).
+        type: int
+      qos:
+        description: 802.1p priority for the VLAN; needs O(vfs[].vlan).
+        type: int
+      spoofchk:
+        description: MAC spoof checking.
+        type: bool
+      trust:
+        description: Trusted VF (may change its MAC, enable promiscuous mode).
+        type: bool
+      link_state:
+        description: Link state the VF sees.
+        type: str
+        choices: [auto, enable, disable]
+      max_tx_rate:
+        description: Maximum transmit rate in Mbit/s (0 means unlimited).
+        type: int
   vf_driver:
     description:
       - V(vfio-pci) binds every VF to vfio-pci for passthrough; V(default) returns VFs on vfio-pci to the
@@ -84,7 +102,7 @@ notes:
 requirements:
   - pyroute2 (for O(vfs) and the in-use checks)
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

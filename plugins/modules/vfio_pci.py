@@ -48,7 +48,8 @@ options:
     default: false
   persistent:
     description:
-      - Make the binding survive reboots. Writes C(/etc/modprobe.d/virtops-vfio-pci.conf) (C(options vfio-pci ids=...) with
+      - >-
+        Make the binding survive reboots. Writes C(/etc/modprobe.d/virtops-vfio-pci.conf) (C(options vfio-pci ids=...) with
         the IDs of O(ids) and of O(devices), and C(softdep <driver> pre: vfio-pci) for their original drivers) and
         C(/etc/modules-load.d/virtops-vfio-pci.conf), then rebuilds the initramfs. With O(state=unbound) the IDs are removed
         again (and the files when no ID is left).
@@ -73,7 +74,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Build (once) what the lab VM needs, all below $VIRTOPS_LAB_DIR (default /var/cache/virtops-kvm-tests/lab):
 #   qemu/   QEMU 10 from bookworm-backports, downloaded with a private apt configuration and extracted
 #           with dpkg-deb -x (the system QEMU is never replaced)

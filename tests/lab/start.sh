@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Start the lab VM (building it first if needed) and write $LAB_STATUS: "ready", or why it cannot run.
 # Prints the status file's path. Always exits 0 when it could write a status (a lab that cannot run
 # makes its targets skip with the reason, never fail the whole run); exits 1 only on usage errors.

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Stop the lab VM started by start.sh (its pid file only) and mark the lab as not running.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
