@@ -208,4 +208,3 @@ def run_pool(module):
         return manage_pool(client, module.params, check_mode=module.check_mode, want_diff=module._diff)
     finally:
         client.close()
-

@@ -404,4 +404,3 @@ def run_volume(module):
         return manage_volume(module, client)
     finally:
         client.close()
-

@@ -11,7 +11,7 @@ version_added: 0.1.0
 description:
   - Defines a libvirt network from its XML, starts or stops it, sets autostart, and removes it.
   - O(xml) is merged into libvirt's definition three ways (the intent applied last time is kept in the
-    network's C(<metadata>)): what O(xml) says is enforced, what it no longer says since the last run is
+    network's C(<metadata>)). What O(xml) says is enforced, what it no longer says since the last run is
     removed, and what libvirt generated (uuid, MAC address, defaults) is kept.
   - Changes libvirt can make to a running network (DHCP host entries and ranges, DNS host, TXT and SRV
     records, port groups) are applied live with C(virNetworkUpdate), without restarting the network or
@@ -65,7 +65,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

@@ -97,7 +97,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""
