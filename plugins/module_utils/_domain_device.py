@@ -207,8 +207,8 @@ def differences(intent, current):
     for child, found in match_children(intent_children, [item for item in current if isinstance(item.tag, str)]):
         if found is None or not xml_equal(three_way_merge(child, found), found):
             children.add(child.tag)
-    if is_removable_disk(intent) and intent.find("source") is None and current.find("source") is not None:
-        children.add("source")
+    if is_removable_disk(intent) and intent.find("source") is None and _disk_source(current) is not None:
+        children.add("source")  # an empty drive shows as <source index='2'/> in the live XML: no media
     return attrs, children
 
 

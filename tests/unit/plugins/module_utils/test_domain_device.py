@@ -34,6 +34,7 @@ LIVE = """
     </disk>
     <disk type='file' device='cdrom'>
       <driver name='qemu' type='raw'/>
+      <source index='3'/>
       <target dev='sdb' bus='scsi'/>
       <readonly/>
       <alias name='scsi0-0-0-1'/>
