@@ -26,8 +26,10 @@ collection: deps
 
 lint: collection
 	ruff check plugins tests
-	# from inside the mirror, ansible-lint sees the collection in place and installs no copy of it
+	# from inside the mirror, ansible-lint sees the collection in place and installs no copy of it;
+	# its project cache (.ansible/) must not outlive it, or sanity would test that copy too
 	cd $(COLL)
+	trap 'rm -rf $(COLL)/.ansible' EXIT
 	ansible-lint --profile production roles playbooks
 
 sanity: collection

@@ -6,9 +6,10 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 dest="${VIRTOPS_BUILD:?set VIRTOPS_BUILD (the Makefile does)}/ansible_collections/virtops/kvm"
 mkdir -p "$dest"
+rm -rf "$dest/.ansible"
 rsync -a --delete \
   --exclude /.git --exclude /.build --exclude /.venv --exclude __pycache__ \
-  --exclude .pytest_cache --exclude .ruff_cache --exclude .hypothesis --exclude /tests/output \
+  --exclude /.ansible --exclude .pytest_cache --exclude .ruff_cache --exclude .hypothesis --exclude /tests/output \
   --exclude '/virtops-kvm-*.tar.gz' \
   "$top/" "$dest/"
 cache=${VIRTOPS_TEST_CACHE:-/var/cache/virtops-kvm-tests}
