@@ -11,12 +11,12 @@ version_added: 0.1.0
 description:
   - Attaches, updates, replaces or detaches one device (a child of C(<devices>)) of a libvirt guest, on the
     running guest, in its persistent definition, or both.
-  - The device is found with the same identity rules as the O(xml) merge of M(virtops.kvm.domain): a disk by
+  - The device is found with the same identity rules as the O(xml) merge of M(virtops.kvm.domain). A disk by
     its target dev, an interface by its MAC address, a host device by its source (PCI address, USB
     vendor/product or bus/device), a filesystem by its target dir, a controller by type and index. O(match)
     overrides them.
   - A device that exists with other settings is changed in place when libvirt can do that
-    (C(virDomainUpdateDeviceFlags)); CD-ROM and floppy media change or eject, interface link state and
+    (C(virDomainUpdateDeviceFlags)), that is CD-ROM and floppy media change or eject, interface link state and
     bandwidth. Any other difference detaches the device and attaches it again. RV(action) says which.
   - A C(<disk device='cdrom'>) (or floppy) without C(<source>) means an empty drive, so giving it for a drive
     that holds media ejects it.
@@ -88,7 +88,7 @@ attributes:
 requirements:
   - lxml
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""
