@@ -254,7 +254,7 @@ class QemuImg:
             return
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
-        for _ in range(50):  # qemu-nbd removes its socket on exit
+        for _attempt in range(50):  # qemu-nbd removes its socket on exit
             if not os.path.exists(sock):
                 return
             time.sleep(0.1)

@@ -72,7 +72,7 @@ notes:
     user-data often carries credentials, so set O(mode=0600) (libvirt's dynamic ownership lets QEMU read it).
   - O(uri) is used only with O(pool) and O(volume).
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

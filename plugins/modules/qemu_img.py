@@ -143,7 +143,7 @@ options:
   merge_from:
     description:
       - Bitmaps of the same image to merge into O(bitmap) (its dirty bits become the union).
-      - Idempotent by content: the module reads the bitmaps' dirty ranges through a read-only C(qemu-nbd)
+      - Idempotent by content. The module reads the bitmaps' dirty ranges through a read-only C(qemu-nbd)
         export and merges only a source whose dirty ranges O(bitmap) does not already cover.
     type: list
     elements: str
@@ -164,7 +164,7 @@ notes:
   - Actions that write (create over an existing image, resize, amend, bitmap) need the image not to be
     in use by a running guest; qemu-img's own lock error is returned when it is.
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

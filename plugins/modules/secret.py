@@ -76,7 +76,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Print a seed ISO's label, extensions and files (read with pycdlib) as JSON."""
