@@ -10,8 +10,11 @@ runs the same comparison and skips only the libvirt calls that change something.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from urllib.parse import urlparse
 
+from ansible_collections.virtops.kvm.plugins.module_utils._command import CommandRunner
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import connect, libvirt, translated
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import (
@@ -130,6 +133,31 @@ def plan_definition(client, name, xml_text, dom):
     _follow_memory(intent, current, merged)
     write_last_applied(merged, intent)
     return intent, current, merged, not xml_equal(merged, current)
+
+
+def schema_validator(runner, tmpdir=None):
+    """A function that checks domain XML with libvirt's schema (``virt-xml-validate``), or ``None``.
+
+    Check mode uses it so that a schema error is predicted too; a real run relies on libvirt's
+    ``VIR_DOMAIN_DEFINE_VALIDATE`` flag instead.
+    """
+    tool = runner.which("virt-xml-validate")
+    if tool is None:
+        return None
+
+    def validate(xml_text):
+        fd, path = tempfile.mkstemp(prefix="virtops-domain-", suffix=".xml", dir=tmpdir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(xml_text)
+            rc, out, err = runner.run([tool, path, "domain"], check=False)
+        finally:
+            os.unlink(path)
+        if rc != 0:
+            detail = " ".join((err or out or "").replace(path, "xml").split())
+            raise ValidationError("XML document failed to validate against schema (virt-xml-validate): %s" % detail)
+
+    return validate
 
 
 def inactive_xml(dom):
@@ -382,8 +410,11 @@ def _power_text(state, autostart):
 _TARGET_STATE = {"running": "running", "paused": "paused", "shutdown": "shutoff", "destroyed": "shutoff", "saved": "shutoff", "restarted": "running"}
 
 
-def ensure_domain(client, params, check_mode=False, want_diff=False):
-    """Make guest ``params['name']`` match ``params``; returns the module result."""
+def ensure_domain(client, params, check_mode=False, want_diff=False, validate=None):
+    """Make guest ``params['name']`` match ``params``; returns the module result.
+
+    ``validate(xml_text)`` (see :func:`schema_validator`) checks the merged XML in check mode.
+    """
     name = params["name"]
     dom = client.lookup_domain(name)
     state = params["state"]
@@ -414,6 +445,8 @@ def ensure_domain(client, params, check_mode=False, want_diff=False):
             changed = True
             predicted = merged
             after_xml = to_string(merged)
+            if check_mode and validate is not None:
+                validate(to_string(merged))
             if not check_mode:
                 dom = client.call("cannot define guest %s" % name, client.conn.defineXMLFlags, to_string(merged, pretty=False), DEFINE_VALIDATE)
                 after_xml = to_string(inactive_xml(dom))
@@ -468,5 +501,8 @@ def run_domain(module):
     """The ``domain`` module's runner."""
     if libvirt is None:  # pragma: no cover - connect() fails the module first
         raise HostError("libvirt-python is required")
+    validate = None
+    if module.check_mode and urlparse(module.params["uri"]).hostname in (None, "", "localhost"):
+        validate = schema_validator(CommandRunner(module), getattr(module, "tmpdir", None))
     with connect(module) as client:
-        return ensure_domain(client, module.params, check_mode=module.check_mode, want_diff=module._diff)
+        return ensure_domain(client, module.params, check_mode=module.check_mode, want_diff=module._diff, validate=validate)

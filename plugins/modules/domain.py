@@ -100,7 +100,9 @@ attributes:
   check_mode:
     support: full
     details:
-      - The same comparison as a real run predicts RV(ignore:changed). A schema error only shows in a real run.
+      - The same comparison as a real run predicts RV(ignore:changed).
+      - Check mode validates the merged XML with C(virt-xml-validate) when libvirt is local and the tool is
+        installed, so a schema error fails in check mode too.
   diff_mode:
     support: full
     details:
@@ -113,7 +115,7 @@ requirements:
 seealso:
   - module: virtops.kvm.domain_info
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

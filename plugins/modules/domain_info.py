@@ -46,7 +46,7 @@ requirements:
 seealso:
   - module: virtops.kvm.domain
 author:
-  - virtops.kvm maintainers
+  - virtops.kvm maintainers (@virtops)
 """
 
 EXAMPLES = r"""

@@ -12,6 +12,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
     ensure_domain,
     machine_aliases,
     referenced_storage,
+    schema_validator,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, read_last_applied
@@ -116,6 +117,35 @@ def test_bad_xml_fails_and_changes_nothing(test_conn, xml, match):
 def test_schema_validation_rejects_unknown_elements(test_conn):
     with pytest.raises(LibvirtError):
         run(test_conn, xml=domain_xml(extra="<bogus/>"))
+    assert test_conn.lookup_domain(NAME) is None
+
+
+class _Runner:
+    """CommandRunner's interface over subprocess (virt-xml-validate is a real local tool)."""
+
+    def which(self, name):
+        import shutil
+
+        return shutil.which(name)
+
+    def run(self, args, check=True):
+        import subprocess
+
+        proc = subprocess.run(args, capture_output=True, text=True, check=check)
+        return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("extra,ok", [("", True), ("<bogus/>", False)])
+def test_check_mode_predicts_schema_errors(test_conn, extra, ok):
+    validate = schema_validator(_Runner())
+    if validate is None:
+        pytest.skip("virt-xml-validate is not installed")
+    xml = domain_xml(extra=extra).replace("type='test'", "type='qemu'")
+    if ok:
+        assert ensure_domain(test_conn, params(xml=xml), check_mode=True, validate=validate)["changed"]
+    else:
+        with pytest.raises(ValidationError, match=r"failed to validate against schema.*bogus"):
+            ensure_domain(test_conn, params(xml=xml), check_mode=True, validate=validate)
     assert test_conn.lookup_domain(NAME) is None
 
 
