@@ -88,6 +88,28 @@ def domain_equivalence(aliases):
     return equal
 
 
+# What a running guest's live XML spells differently from the definition it was started from.
+_AUTO_PORT_ATTRIBUTES = ("port", "tlsPort", "websocket")
+
+
+def live_equivalence(aliases):
+    """The ``equal`` hook for merging an intent into *live* XML: aliases, plus runtime expansions.
+
+    An automatic graphics port (``-1``) equals the port QEMU got, and ``<cpu mode='host-model'>``
+    equals the ``custom`` CPU libvirt expanded it to at start.
+    """
+    base = domain_equivalence(aliases)
+
+    def equal(element, attribute, intent_value, current_value):
+        if element.tag == "graphics" and attribute in _AUTO_PORT_ATTRIBUTES and intent_value == "-1":
+            return True
+        if element.tag == "cpu" and attribute == "mode" and intent_value == "host-model" and current_value == "custom":
+            return True
+        return base(element, attribute, intent_value, current_value)
+
+    return equal
+
+
 def _follow_memory(intent, current, merged):
     """``<currentMemory>`` the user never wrote follows ``<memory>`` when libvirt had defaulted it to it."""
     if intent.find("currentMemory") is not None or intent.find("memory") is None:
@@ -179,7 +201,7 @@ def pending_restart(client, dom, intent=None):
             return False
     with translated("cannot read the live XML of guest %s" % dom.name()):
         live = parse_xml(dom.XMLDesc(XML_SECURE), "libvirt's live XML")
-    merged = three_way_merge(intent, live, read_last_applied(live), equal=domain_equivalence(machine_aliases(client.conn)))
+    merged = three_way_merge(intent, live, read_last_applied(live), equal=live_equivalence(machine_aliases(client.conn)))
     return not xml_equal(merged, live)
 
 

@@ -48,7 +48,8 @@ options:
       - V(destroyed) powers the guest off at once.
       - V(paused) suspends it (starting it paused when it is off).
       - V(saved) saves its memory (managed save, resumed on the next start; or to O(save_path)) and stops it.
-      - V(restarted) reboots a running guest (starts a stopped one); always reports a change.
+      - V(restarted) reboots a running guest (starts a stopped one); always reports a change. A reboot keeps
+        the configuration the guest runs; O(apply=restart) is what picks up a new definition.
       - V(absent) shuts the guest down (same O(shutdown_timeout)/O(force) rules) and undefines it with its
         managed save image, snapshot and checkpoint metadata, NVRAM and TPM state. Its storage is kept
         unless O(remove_storage=true).

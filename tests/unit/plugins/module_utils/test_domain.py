@@ -10,6 +10,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
     Lifecycle,
     domain_equivalence,
     ensure_domain,
+    live_equivalence,
     machine_aliases,
     referenced_storage,
     schema_validator,
@@ -257,6 +258,21 @@ def test_machine_aliases_from_capabilities(test_conn):
     assert isinstance(aliases, dict)
     assert equal(node, "machine", "q35", "pc-q35-7.2") and not equal(node, "machine", "pc", "pc-q35-7.2")
     assert not equal(parse_xml("<other/>"), "machine", "q35", "pc-q35-7.2")
+
+
+@pytest.mark.parametrize(
+    "tag,attribute,intent,live,expected",
+    [
+        ("graphics", "port", "-1", "5901", True),
+        ("graphics", "port", "5900", "5901", False),
+        ("cpu", "mode", "host-model", "custom", True),
+        ("cpu", "mode", "host-passthrough", "custom", False),
+        ("type", "machine", "q35", "pc-q35-7.2", True),
+    ],
+)
+def test_live_equivalence(tag, attribute, intent, live, expected):
+    equal = live_equivalence({"q35": "pc-q35-7.2"})
+    assert equal(parse_xml("<%s/>" % tag), attribute, intent, live) is expected
 
 
 class _StubbornDomain:
