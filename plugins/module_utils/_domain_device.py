@@ -555,8 +555,9 @@ def _text(element):
 def manage_device(client, name, xml, *, state="present", live="auto", config=None, match=None, timeout=30, check_mode=False, want_diff=False):
     """Plan, and unless ``check_mode`` apply, one device; returns the module result."""
     intent = parse_device(xml)
-    if state == "absent" and match is None and intent.tag == "disk" and intent.find("target") is None:
-        raise ValidationError("a <disk> needs <target dev=...> to be found (or give match)")
+    if match is None and intent.tag == "disk" and not _attr(intent, "target", "dev"):
+        # Without it the engine's identity is a wildcard that would pick the guest's first disk.
+        raise ValidationError("a <disk> needs <target dev='...'/> (it is how the disk is found), or give match")
     manager = DeviceManager(client, name, intent, state=state, live=live, config=config, match=match, timeout=timeout)
     plans = manager.plan()
     actions = {key: plan["action"] for key, plan in plans.items()}

@@ -392,6 +392,7 @@ def test_manage_device_scope_on_a_stopped_guest(test_conn):
 @pytest.mark.parametrize("name, xml, words", [
     ("no-such-guest", DATA_DISK, "guest no-such-guest does not exist"),
     ("test", "<domain/>", "not a device"),
+    ("test", "<disk type='file' device='disk'><source file='/guest/diskimage1'/></disk>", "needs <target dev='...'/>"),
     ("test", FS, "no shared memory backing"),
     ("test", "<disk type='file' device='disk'><source file='/x.img'/><target dev='vda'/></disk>", "already used by another disk"),
 ])
