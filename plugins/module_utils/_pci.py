@@ -215,12 +215,22 @@ def _iface_flags_up(fs, netdev):
         return False
 
 
+def pci_netdevs(fs, address):
+    """Network interfaces of a PCI device: ``net/*``, and ``virtioN/net/*`` for virtio NICs."""
+    base = "%s/%s" % (PCI_DEVICES, address)
+    names = fs.listdir(base + "/net")
+    for entry in fs.listdir(base):
+        if re.match(r"virtio\d+$", entry):
+            names += fs.listdir("%s/%s/net" % (base, entry))
+    return names
+
+
 def host_users(host, address, routes=None):
     """Reasons the host itself needs the device: an up NIC with addresses, the default route, mounts, the boot GPU."""
     fs = host.fs
     reasons = []
     base = "%s/%s" % (PCI_DEVICES, address)
-    for netdev in fs.listdir(base + "/net"):
+    for netdev in pci_netdevs(fs, address):
         addresses = host.net.addresses(netdev) if host.net else []
         if _iface_flags_up(fs, netdev) and addresses:
             reasons.append("network interface %s is up with address %s" % (netdev, ", ".join(addresses)))
@@ -443,7 +453,7 @@ def vfio_pci(host, *, devices=(), ids=(), state="bound", group_policy="fail", fo
     to_change = [a for a in addresses if (not _on_vfio(before_devs[a])) == (state == "bound")
                  or (state == "unbound" and before_devs[a]["driver_override"] == VFIO)]
     if state == "bound" and not force:
-        routes = host.net.default_route_ifnames() if host.net and any(host.fs.listdir("%s/%s/net" % (PCI_DEVICES, a)) for a in to_change) else set()
+        routes = host.net.default_route_ifnames() if host.net and any(pci_netdevs(host.fs, a) for a in to_change) else set()
         for address in to_change:
             reasons = host_users(host, address, routes)
             if reasons:
@@ -518,7 +528,7 @@ def resolve_pf(host, device):
             raise ValidationError("no PCI device %s on this host (see lspci -D)" % address)
         return address
     for address in host.fs.listdir(PCI_DEVICES):
-        if device in host.fs.listdir("%s/%s/net" % (PCI_DEVICES, address)):
+        if device in pci_netdevs(host.fs, address):
             return address
     raise ValidationError("no PCI device or network interface named %r on this host" % device)
 
@@ -628,7 +638,7 @@ def sriov(host, device, *, num_vfs=None, vfs=(), vf_driver=None, persistent=Fals
     changes = []
     count_change = wanted_count != current
     if count_change and current > 0 and not force:
-        netdevs = [(nd, a) for a in before_vfs for nd in fs.listdir("%s/%s/net" % (PCI_DEVICES, a))]
+        netdevs = [(nd, a) for a in before_vfs for nd in pci_netdevs(fs, a)]
         users = guest_users(host, before_vfs, netdevs)
         reasons = ["VF %s is attached to running guest %s" % (a, ", ".join(names)) for a, names in sorted(users.items())]
         routes = host.net.default_route_ifnames() if host.net and netdevs else set()

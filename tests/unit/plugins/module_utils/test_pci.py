@@ -400,3 +400,17 @@ def test_sriov_bad_input(fakehost, device, kwargs, match):
         _pci.sriov(host, device, **kwargs)
     assert host.fs.read_int("/sys/bus/pci/devices/%s/sriov_numvfs" % PF) == 2
     assert host.net.calls == []
+
+
+def test_refuses_virtio_management_nic(fakehost):
+    """virtio NICs hang their netdev below virtioN/net, not net/ (the lab's management NIC)."""
+    host = _host(fakehost, net=FakeNet(addresses={"enp0s1": ["10.0.2.15/24"]}, routes=["enp0s1"]))
+    mgmt = "0000:00:01.0"
+    make_fake_host._pci(host.fs.root, mgmt, "1af4", "1000", "0x020000", driver="virtio-pci", group=7)
+    os.makedirs(host.fs.path("/sys/bus/pci/devices/%s/virtio0/net/enp0s1" % mgmt))
+    os.makedirs(host.fs.path("/sys/class/net/enp0s1"))
+    with open(host.fs.path("/sys/class/net/enp0s1/flags"), "w", encoding="utf-8") as handle:
+        handle.write("0x1003\n")
+    with pytest.raises(ValidationError, match=r"enp0s1 is up with address 10\.0\.2\.15/24; network interface enp0s1 carries the default route"):
+        _pci.vfio_pci(host, devices=[mgmt])
+    assert _driver(host, mgmt) == "virtio-pci"
