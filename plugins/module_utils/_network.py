@@ -22,6 +22,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import connec
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import inactive_xml
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import (
     canonical,
+    parse_named_root,
     parse_xml,
     read_last_applied,
     strip_last_applied,
@@ -56,16 +57,7 @@ _RUNTIME_ATTRS = ("connections",)
 
 def prepare_intent(name, xml_text):
     """Parse the user's network XML; its <name> must match ``name`` (added when missing)."""
-    root = parse_xml(xml_text, "network xml")
-    if root.tag != "network":
-        raise ValidationError("network xml must have <network> as its root element, found <%s>" % root.tag)
-    name_el = root.find("name")
-    if name_el is None:
-        name_el = root.makeelement("name", {})
-        name_el.text = name
-        root.insert(0, name_el)
-    elif (name_el.text or "").strip() != name:
-        raise ValidationError("network xml names the network %r but name is %r; make them the same" % ((name_el.text or "").strip(), name))
+    root = parse_named_root(xml_text, "network", name)
     return root
 
 

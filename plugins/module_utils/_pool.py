@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import connect
-from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, three_way_merge, to_string, xml_equal
+from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_named_root, parse_xml, three_way_merge, to_string, xml_equal
 
 STATES = ("present", "active", "inactive", "absent")
 
@@ -27,18 +27,9 @@ VIR_ERR_INVALID_ARG = 8
 
 def prepare_intent(name, xml_text):
     """Parse the user's pool XML; its <name> must match ``name`` (added when missing)."""
-    root = parse_xml(xml_text, "pool xml")
-    if root.tag != "pool":
-        raise ValidationError("pool xml must have <pool> as its root element, found <%s>" % root.tag)
+    root = parse_named_root(xml_text, "pool", name)
     if not root.get("type"):
         raise ValidationError("pool xml needs a type attribute, e.g. <pool type='dir'>")
-    name_el = root.find("name")
-    if name_el is None:
-        name_el = root.makeelement("name", {})
-        name_el.text = name
-        root.insert(0, name_el)
-    elif (name_el.text or "").strip() != name:
-        raise ValidationError("pool xml names the pool %r but name is %r; make them the same" % ((name_el.text or "").strip(), name))
     return root
 
 

@@ -490,3 +490,21 @@ def unified_diff(before_text, after_text, before_name="before", after_name="afte
         (before_text or "").splitlines(True), (after_text or "").splitlines(True), before_name, after_name, n=context,
     )
     return "".join(lines)
+
+
+def parse_named_root(xml_text, kind, name):
+    """Parse a libvirt object's XML whose root is ``<kind>`` and whose ``<name>`` is ``name``.
+
+    A missing ``<name>`` is added; a different one is refused, so the XML never defines another object.
+    """
+    root = parse_xml(xml_text, "%s xml" % kind)
+    if root.tag != kind:
+        raise ValidationError("%s xml must have <%s> as its root element, found <%s>" % (kind, kind, root.tag))
+    name_el = root.find("name")
+    if name_el is None:
+        name_el = root.makeelement("name", {})
+        name_el.text = name
+        root.insert(0, name_el)
+    elif (name_el.text or "").strip() != name:
+        raise ValidationError("%s xml names the %s %r but name is %r; make them the same" % (kind, kind, (name_el.text or "").strip(), name))
+    return root
