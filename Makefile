@@ -50,6 +50,16 @@ guest: deps
 integration: collection guest
 	$(HARNESS)/libvirtd.sh start
 	trap '$(HARNESS)/libvirtd.sh stop' EXIT
+	# the lab VM (tests/lab) boots only when a selected target needs it; it writes a status file that
+	# says "ready" or why it cannot run, and its targets are skipped with that reason
+	for target in $${VIRTOPS_TARGETS:-$$(ls tests/integration/targets)}; do
+	  if grep -qx 'needs/lab' "tests/integration/targets/$$target/aliases" 2>/dev/null; then
+	    export VIRTOPS_LAB_STATUS=$$($(CURDIR)/tests/lab/start.sh)
+	    trap '$(CURDIR)/tests/lab/stop.sh; $(HARNESS)/libvirtd.sh stop' EXIT
+	    echo "lab: $$(cat "$$VIRTOPS_LAB_STATUS")"
+	    break
+	  fi
+	done
 	cd $(COLL)
 	VIRTOPS_COLLECTION=$(COLL) $(HARNESS)/pytest.sh pytest -p no:cacheprovider -rs -v tests/harness/test_integration.py
 

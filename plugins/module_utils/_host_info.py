@@ -234,6 +234,16 @@ def gather_hugepages(fs):
 
 
 # -- PCI: IOMMU and SR-IOV ---------------------------------------------------------------------
+def pci_netdevs(fs, address):
+    """Network interfaces of a PCI device: ``net/*``, and ``virtioN/net/*`` for virtio NICs."""
+    base = "%s/%s" % (PCI_DEVICES, address)
+    names = fs.listdir(base + "/net")
+    for entry in fs.listdir(base):
+        if re.match(r"virtio\d+$", entry):
+            names += fs.listdir("%s/%s/net" % (base, entry))
+    return names
+
+
 def pci_device(fs, address):
     base = "%s/%s" % (PCI_DEVICES, address)
     vendor, device = fs.read(base + "/vendor"), fs.read(base + "/device")
@@ -244,7 +254,7 @@ def pci_device(fs, address):
         "class": fs.read(base + "/class"),
         "driver": fs.readlink_name(base + "/driver"),
         "iommu_group": _int_or_none(fs.readlink_name(base + "/iommu_group")),
-        "netdevs": fs.listdir(base + "/net"),
+        "netdevs": pci_netdevs(fs, address),
     }
 
 

@@ -18,7 +18,7 @@ import time
 
 from ansible_collections.virtops.kvm.plugins.module_utils._command import CommandRunner
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError
-from ansible_collections.virtops.kvm.plugins.module_utils._host_info import PCI_DEVICES, pci_device
+from ansible_collections.virtops.kvm.plugins.module_utils._host_info import PCI_DEVICES, pci_device, pci_netdevs
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import hostfs_for
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LibvirtClient, libvirt
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml
@@ -213,16 +213,6 @@ def _iface_flags_up(fs, netdev):
         return bool(int(flags, 16) & 1)
     except (TypeError, ValueError):
         return False
-
-
-def pci_netdevs(fs, address):
-    """Network interfaces of a PCI device: ``net/*``, and ``virtioN/net/*`` for virtio NICs."""
-    base = "%s/%s" % (PCI_DEVICES, address)
-    names = fs.listdir(base + "/net")
-    for entry in fs.listdir(base):
-        if re.match(r"virtio\d+$", entry):
-            names += fs.listdir("%s/%s/net" % (base, entry))
-    return names
 
 
 def host_users(host, address, routes=None):

@@ -179,3 +179,12 @@ def test_libvirt_capabilities_parsing():
     assert facts["host_maxphysaddr"] == {"mode": "emulate", "bits": 39}
     assert facts["hpb_machine_types"] == ["pc-q35-noble-hpb"]
     assert facts["guests"]["x86_64"]["machine_aliases"] == {"q35": "pc-q35-8.2"}
+
+
+def test_virtio_nic_netdevs_are_found(fs):
+    base = fs.path("/sys/bus/pci/devices/0000:00:03.0")
+    os.makedirs(base + "/virtio0/net/ens3")
+    with open(base + "/vendor", "w") as handle:
+        handle.write("0x1af4\n")
+    assert hi.pci_netdevs(fs, "0000:00:03.0") == ["ens3"]
+    assert hi.pci_device(fs, "0000:00:03.0")["netdevs"] == ["ens3"]
