@@ -184,6 +184,15 @@ def _lower(value):
     return value.lower() if isinstance(value, str) else value
 
 
+_INTERFACE_SOURCE_KEYS = {
+    "network": ("network", "portgroup"),
+    "bridge": ("bridge",),
+    "direct": ("dev",),
+    "vhostuser": ("path",),
+    None: ("network", "bridge", "dev", "name", "path", "portgroup"),
+}
+
+
 def _identity_keys(element):
     """Every identity key of ``element``; the first is the one :func:`element_identity` returns."""
     tag = element.tag
@@ -193,7 +202,10 @@ def _identity_keys(element):
         source = _child(element, "source")
         source_key = None
         if source is not None:
-            source_key = tuple(sorted((k, v) for k, v in source.attrib.items() if k in ("network", "bridge", "dev", "name", "path", "portgroup")))
+            # Only the attributes that name the source for this interface type: libvirt adds others to
+            # the live XML (bridge= and portid= on a type='network' source), which must not break the match.
+            names = _INTERFACE_SOURCE_KEYS.get(element.get("type"), _INTERFACE_SOURCE_KEYS[None])
+            source_key = tuple(sorted((k, v) for k, v in source.attrib.items() if k in names))
         by_source = ("interface", "source", element.get("type"), source_key, _attr(element, "model", "type"))
         mac = _lower(_attr(element, "mac", "address"))
         if mac:

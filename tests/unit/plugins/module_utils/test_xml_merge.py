@@ -370,3 +370,18 @@ def test_canonical_ignores_attribute_order_and_whitespace():
 
 def test_module_constant_is_a_namespace_uri():
     assert _xml.LAST_APPLIED_NS.startswith("https://")
+
+
+def test_interface_without_mac_matches_its_live_xml():
+    """libvirt adds bridge= and portid= to a network source in the live XML; the identity ignores them."""
+    from ansible_collections.virtops.kvm.plugins.module_utils._xml import element_identity, match_children, parse_xml
+
+    intent = parse_xml("<devices><interface type='network'><source network='virtops-net'/><model type='virtio'/></interface></devices>")
+    live = parse_xml(
+        "<devices><interface type='network'><mac address='52:54:00:12:34:56'/>"
+        "<source network='virtops-net' portid='0a6b1a8e-1111-2222-3333-444455556666' bridge='virbr9'/>"
+        "<model type='virtio'/></interface></devices>"
+    )
+    pairs = match_children(list(intent), list(live))
+    assert pairs[0][1] is live[0]
+    assert element_identity(intent[0]) == ("interface", "source", "network", (("network", "virtops-net"),), "virtio")
