@@ -53,6 +53,8 @@ add_module() {
   local path=$1 dep
   [ -n "${seen[$path]:-}" ] && return 0
   seen[$path]=1
+  # modules.dep lists a module's dependencies as words on one line
+  # shellcheck disable=SC2013
   for dep in $(awk -F':' -v m="$path" '$1 == m {print $2}' "$moddir/modules.dep"); do
     add_module "$dep"
   done

@@ -42,7 +42,9 @@ case "${1:-}" in
     else
       for daemon in libvirtd virtlogd; do
         pid=$(cat "/run/$daemon.pid" 2>/dev/null || pgrep -xo "$daemon" || true)
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+        if [ -n "$pid" ]; then
+          kill "$pid" 2>/dev/null || true
+        fi
       done
     fi
     echo "libvirtd.sh: libvirtd stopped"

@@ -1,3 +1,5 @@
+# shellcheck shell=bash disable=SC2034
+# (the variables are used by the scripts that source this file)
 # Shared settings of the lab VM scripts (sourced, not run).
 # Everything the lab builds or writes lives below $VIRTOPS_LAB_DIR, outside the checkout.
 VIRTOPS_TEST_CACHE=${VIRTOPS_TEST_CACHE:-/var/cache/virtops-kvm-tests}

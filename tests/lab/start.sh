@@ -39,7 +39,8 @@ mkdir -p "$LAB/qemu/usr/lib/x86_64-linux-gnu/qemu"  # only the modules of this b
 # intel-iommu first (it must exist before the devices it translates); one TCG thread to spare the host.
 # The system QEMU 7.2's loadable modules (/usr/lib/x86_64-linux-gnu/qemu) would be found first and refused by
 # QEMU 10 ("Only modules from the same build"): hide them in a private mount namespace for this process only.
-unshare --mount --propagation private -- sh -c 'mount --bind "$1" /usr/lib/x86_64-linux-gnu/qemu && shift && exec "$@"' sh \
+# shellcheck disable=SC2016  # $1 and $@ belong to the inner sh
+if ! unshare --mount --propagation private -- sh -c 'mount --bind "$1" /usr/lib/x86_64-linux-gnu/qemu && shift && exec "$@"' sh \
     "$LAB/qemu/usr/lib/x86_64-linux-gnu/qemu" "$LAB_QEMU" -L "$LAB/qemu/usr/share/qemu" -L "$LAB/qemu/usr/share/seabios" \
     -name virtops-lab -machine q35,kernel-irqchip=split -accel tcg,thread=single -cpu max -smp 2 -m 1024 \
     -object memory-backend-ram,id=m0,size=512M -object memory-backend-ram,id=m1,size=512M \
@@ -51,8 +52,7 @@ unshare --mount --propagation private -- sh -c 'mount --bind "$1" /usr/lib/x86_6
     -kernel "$LAB_KERNEL" -initrd "$LAB_INITRD" \
     -append "root=/dev/vda rw console=ttyS0 intel_iommu=on iommu=pt quiet systemd.show_status=false" \
     -display none -vga none -serial file:"$LAB_RUN/console.log" -monitor none \
-    -daemonize -pidfile "$LAB_RUN/qemu.pid" 2>"$LAB_RUN/qemu.err"
-if [ $? -ne 0 ]; then
+    -daemonize -pidfile "$LAB_RUN/qemu.pid" 2>"$LAB_RUN/qemu.err"; then
     status "QEMU 10 did not start: $(tr '\n' ' ' <"$LAB_RUN/qemu.err")"
     exit 0
 fi
