@@ -170,17 +170,34 @@ def compile_check(fs, runner, target, content, parser="apparmor_parser"):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+_PROFILE_DECL = re.compile(r'^[ \t]*(?:profile[ \t]+("[^"]+"|[^\s{]+)|("/[^"]+"|/[^\s{]+))[^\n]*\{[ \t]*(?:#[^\n]*)?$', re.MULTILINE)
+
+
+def profile_names(fs, path):
+    """Names the profile file ``path`` declares (``profile NAME ...{`` or ``/attach/path ...{``); its basename if none is found."""
+    try:
+        with open(fs.path(path), encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        text = ""
+    names = [(named or attached).strip('"') for named, attached in _PROFILE_DECL.findall(text)]
+    return names or [posixpath.basename(path)]
+
+
 def profiles_to_reload(fs, compiled):
-    """Compiled profiles that are loaded in the kernel: virt-aa-helper's, running guests' libvirt-<uuid>."""
+    """Compiled profiles that are loaded in the kernel: virt-aa-helper's, running guests' libvirt-<uuid>.
+
+    A profile that is not loaded (a guest that is not running, a profile disabled with aa-disable) is
+    left alone: ``apparmor_parser -r`` would load it.
+    """
     loaded = fs.read(LOADED) or ""
     names = {line.split(" (")[0].strip() for line in loaded.splitlines()}
     reload = []
     for path in compiled:
-        base = posixpath.basename(path)
-        if base.startswith("TEMPLATE."):
+        if posixpath.basename(path).startswith("TEMPLATE."):
             continue
-        if base.startswith("libvirt-") and base not in names:
-            continue  # a guest that is not running: libvirt loads its profile when it starts
+        if names.isdisjoint(profile_names(fs, path)):
+            continue
         reload.append(path)
     return reload
 

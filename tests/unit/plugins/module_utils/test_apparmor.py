@@ -139,11 +139,40 @@ def test_orphan_local_file_is_compiled_on_its_own(fs):
         ensure(fs, profile="virtops-test-orphan", rules=["/srv/orphan/** rq,"])
 
 
+def _loaded(fs, *names):
+    path = pathlib.Path(fs.path(aa.LOADED))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join("%s (enforce)\n" % name for name in names))
+
+
 def test_reload_when_enabled_is_reported_below_a_test_root(fs):
     pathlib.Path(fs.path("/sys/module/apparmor/parameters/enabled")).write_text("Y\n")
+    _loaded(fs, "virt-aa-helper")
     result = ensure(fs, profile="virt-aa-helper", rules=["/var/guests/** r,"])
     assert result["reload_skipped"] == [[PARSER, "-r", "/etc/apparmor.d/usr.lib.libvirt.virt-aa-helper"]]
     assert result["reloaded"] == []
+
+
+@pytest.mark.parametrize("path, names", [
+    ("/etc/apparmor.d/usr.lib.libvirt.virt-aa-helper", ["virt-aa-helper"]),
+    ("/etc/apparmor.d/usr.sbin.libvirtd", ["libvirtd", "qemu_bridge_helper"]),
+    ("/etc/apparmor.d/libvirt/TEMPLATE.qemu", ["LIBVIRT_TEMPLATE"]),
+    ("/etc/apparmor.d/libvirt/libvirt-0000", ["libvirt-0000"]),  # no file: its basename
+])
+def test_profile_names(fs, path, names):
+    assert aa.profile_names(fs, path) == names
+
+
+@pytest.mark.parametrize("loaded, reloaded", [
+    (["virt-aa-helper", "libvirt-0000"], ["/etc/apparmor.d/usr.lib.libvirt.virt-aa-helper", "/etc/apparmor.d/libvirt/libvirt-0000"]),
+    (["libvirt-0000"], ["/etc/apparmor.d/libvirt/libvirt-0000"]),  # virt-aa-helper disabled: not loaded by a "reload"
+    (["virt-aa-helper"], ["/etc/apparmor.d/usr.lib.libvirt.virt-aa-helper"]),  # the guest is not running
+    ([], []),
+])
+def test_only_loaded_profiles_are_reloaded(fs, loaded, reloaded):
+    _loaded(fs, *loaded)
+    compiled = ["/etc/apparmor.d/usr.lib.libvirt.virt-aa-helper", "/etc/apparmor.d/libvirt/TEMPLATE.qemu", "/etc/apparmor.d/libvirt/libvirt-0000"]
+    assert aa.profiles_to_reload(fs, compiled) == reloaded
 
 
 def test_backup_is_taken_of_the_previous_file(fs, tmp_path):
