@@ -585,11 +585,8 @@ def manage_device(client, name, xml, *, state="present", live="auto", config=Non
 def run_domain_device(module):
     """Runner for the ``domain_device`` module."""
     params = module.params
-    client = connect(module)
-    try:
+    with connect(module) as client:
         return manage_device(
             client, params["domain"], params["xml"], state=params["state"], live=params["live"], config=params["config"],
             match=params["match"], timeout=params["timeout"], check_mode=module.check_mode, want_diff=module._diff,
         )
-    finally:
-        client.close()

@@ -17,6 +17,11 @@ import tempfile
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError
 
+# The ``root`` option of every host module (twin of the ``virtops.kvm._hostfs`` doc fragment).
+HOSTFS_COMMON_ARGS = dict(
+    root=dict(type="path", default="/"),
+)
+
 
 class HostFS:
     """Read and write host files below ``root`` (``/`` on a real host)."""

@@ -299,8 +299,5 @@ def manage_network(module, client):
 
 
 def run_network(module):
-    client = connect(module)
-    try:
+    with connect(module) as client:
         return manage_network(module, client)
-    finally:
-        client.close()

@@ -194,8 +194,5 @@ def manage_pool(client, params, check_mode=False, want_diff=False):
 
 
 def run_pool(module):
-    client = connect(module)
-    try:
+    with connect(module) as client:
         return manage_pool(client, module.params, check_mode=module.check_mode, want_diff=module._diff)
-    finally:
-        client.close()

@@ -399,8 +399,5 @@ def manage_volume(module, client):
 
 
 def run_volume(module):
-    client = connect(module)
-    try:
+    with connect(module) as client:
         return manage_volume(module, client)
-    finally:
-        client.close()

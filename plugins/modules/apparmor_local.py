@@ -50,13 +50,8 @@ options:
     description: Keep a copy of the previous file next to it (timestamped) when it changes.
     type: bool
     default: false
-  root:
-    description:
-      - Directory C(/etc/apparmor.d) and C(/sys) are found below. For tests (a copy of C(/etc/apparmor.d));
-        leave unset on a real host. When it is not V(/), profiles are never reloaded (see RV(reload_skipped)).
-    type: path
-    default: /
 extends_documentation_fragment:
+  - virtops.kvm._hostfs
   - virtops.kvm._attributes
 attributes:
   check_mode:
@@ -67,6 +62,8 @@ attributes:
     platforms: posix
 requirements:
   - apparmor_parser (the C(apparmor) package)
+notes:
+  - When O(root) is not V(/), profiles are compiled against the copy below it and never reloaded (see RV(reload_skipped)).
 author:
   - virtops.kvm maintainers (@virtops)
 """
@@ -135,6 +132,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtops.kvm.plugins.module_utils._apparmor import run_apparmor_local
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 
 
 def main():
@@ -144,8 +142,8 @@ def main():
         rules=dict(type="list", elements="str"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         backup=dict(type="bool", default=False),
-        root=dict(type="path", default="/"),
     )
+    argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(
         argument_spec=argument_spec,
         required_if=[("state", "present", ("rules",))],

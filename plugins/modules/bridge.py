@@ -95,13 +95,8 @@ options:
     description: File name prefix of the netplan file.
     type: str
     default: 60-virtops
-  root:
-    description:
-      - Directory C(/etc/netplan) is found below. For tests; leave unset on a real host.
-      - When it is not V(/), C(netplan apply) is not run but returned in RV(commands_skipped).
-    type: path
-    default: /
 extends_documentation_fragment:
+  - virtops.kvm._hostfs
   - virtops.kvm._attributes
 attributes:
   check_mode:
@@ -113,6 +108,8 @@ attributes:
 requirements:
   - pyroute2 (iproute2 backend)
   - netplan (netplan backend)
+notes:
+  - When O(root) is not V(/), C(netplan apply) is not run but returned in RV(commands_skipped).
 author:
   - virtops.kvm maintainers (@virtops)
 """
@@ -189,6 +186,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.virtops.kvm.plugins.module_utils._bridge import PYROUTE2_IMPORT_ERROR, run_bridge
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 
 
 def main():
@@ -213,8 +211,8 @@ def main():
         rollback_timeout=dict(type="int", default=30),
         netns=dict(type="str"),
         netplan_prefix=dict(type="str", default="60-virtops"),
-        root=dict(type="path", default="/"),
     )
+    argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if PYROUTE2_IMPORT_ERROR and module.params["backend"] != "netplan":
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)

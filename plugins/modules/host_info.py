@@ -23,13 +23,8 @@ options:
     elements: str
     choices: [all, cpu, kvm, numa, hugepages, iommu, sriov, apparmor, ksm, libvirt]
     default: [all]
-  root:
-    description:
-      - Directory the host's C(/sys), C(/proc), C(/dev) and C(/etc) are read below.
-      - Only for tests and for inspecting a mounted image; leave unset on a real host.
-    type: path
-    default: /
 extends_documentation_fragment:
+  - virtops.kvm._hostfs
   - virtops.kvm._libvirt
   - virtops.kvm._attributes.INFO_MODULE
 attributes:
@@ -131,15 +126,16 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._host_info import SUBSETS, run_host_info
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
 
 
 def main():
     argument_spec = dict(
         gather=dict(type="list", elements="str", default=["all"], choices=["all", *SUBSETS]),
-        root=dict(type="path", default="/"),
     )
     argument_spec.update(LIBVIRT_COMMON_ARGS)
+    argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, run_host_info)
 

@@ -68,13 +68,8 @@ options:
       - A hugetlbfs mount point for this page size (for example V(/dev/hugepages1G)), kept in C(/etc/fstab)
         with C(pagesize=) and mounted now.
     type: path
-  root:
-    description:
-      - Directory the host's C(/sys), C(/proc) and C(/etc) are found below. For tests; leave unset on a real host.
-      - When it is not V(/), commands (bootloader update, mount) are not run but returned in RV(commands_skipped).
-    type: path
-    default: /
 extends_documentation_fragment:
+  - virtops.kvm._hostfs
   - virtops.kvm._attributes
 attributes:
   check_mode:
@@ -84,6 +79,7 @@ attributes:
   platform:
     platforms: posix
 notes:
+  - When O(root) is not V(/), commands (bootloader update, mount) are not run but returned in RV(commands_skipped).
   - Writing the kernel command line only takes effect after a reboot; the module never reboots.
 author:
   - virtops.kvm maintainers (@virtops)
@@ -160,6 +156,7 @@ commands_skipped:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._hugepages import run_hugepages
 
 
@@ -174,8 +171,8 @@ def main():
         allow_partial=dict(type="bool", default=False),
         persistent=dict(type="bool", default=False),
         mount=dict(type="path"),
-        root=dict(type="path", default="/"),
     )
+    argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(
         argument_spec=argument_spec,
         mutually_exclusive=[("count", "nodes")],

@@ -48,12 +48,8 @@ options:
         systemd-tmpfiles), so they are applied at boot. V(false) leaves that file alone.
     type: bool
     default: false
-  root:
-    description:
-      - Directory the host's C(/sys) and C(/etc) are found below. For tests; leave unset on a real host.
-    type: path
-    default: /
 extends_documentation_fragment:
+  - virtops.kvm._hostfs
   - virtops.kvm._attributes
 attributes:
   check_mode:
@@ -107,6 +103,7 @@ tmpfiles:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._ksm import run_ksm
 
 
@@ -119,8 +116,8 @@ def main():
         unmerge=dict(type="bool", default=True),
         unmerge_timeout=dict(type="int", default=60),
         persistent=dict(type="bool", default=False),
-        root=dict(type="path", default="/"),
     )
+    argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(
         argument_spec=argument_spec,
         required_one_of=[("run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes")],

@@ -80,11 +80,8 @@ options:
     description: Seconds to wait for new VFs to appear with their driver.
     type: int
     default: 60
-  root:
-    description: Directory the host's C(/sys), C(/proc) and C(/etc) are found below. Only for tests.
-    type: path
-    default: /
 extends_documentation_fragment:
+  - virtops.kvm._hostfs
   - virtops.kvm._libvirt
   - virtops.kvm._attributes
 attributes:
@@ -149,6 +146,7 @@ rule:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._pci import run_sriov
 
@@ -171,9 +169,9 @@ def main():
         persistent=dict(type="bool", default=False),
         force=dict(type="bool", default=False),
         timeout=dict(type="int", default=60),
-        root=dict(type="path", default="/"),
     )
     argument_spec.update(LIBVIRT_COMMON_ARGS)
+    argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, run_sriov)
 

@@ -60,11 +60,8 @@ options:
     description: With O(persistent=true), run C(update-initramfs -u) (or C(dracut -f)) when the files changed.
     type: bool
     default: true
-  root:
-    description: Directory the host's C(/sys), C(/proc) and C(/etc) are found below. Only for tests.
-    type: path
-    default: /
 extends_documentation_fragment:
+  - virtops.kvm._hostfs
   - virtops.kvm._attributes
 attributes:
   check_mode:
@@ -131,6 +128,7 @@ initramfs_updated:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._pci import run_vfio_pci
 
 
@@ -143,8 +141,8 @@ def main():
         force=dict(type="bool", default=False),
         persistent=dict(type="bool", default=False),
         update_initramfs=dict(type="bool", default=True),
-        root=dict(type="path", default="/"),
     )
+    argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, required_one_of=[("devices", "ids")], supports_check_mode=True)
     run_module(module, run_vfio_pci)
 
