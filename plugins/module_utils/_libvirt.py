@@ -1,6 +1,7 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The collection's one libvirt client wrapper.
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""The collection's one libvirt client wrapper, and the one home of libvirt's constants.
 
 Modules build their argument spec from :data:`LIBVIRT_COMMON_ARGS` (twin of the
 ``virtops.kvm._libvirt`` doc fragment), open a :class:`LibvirtClient` with :func:`connect`, and get
@@ -12,6 +13,7 @@ it receives the client, so unit tests pass one on ``test:///default``.
 from __future__ import annotations
 
 import contextlib
+import re
 import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
@@ -31,17 +33,83 @@ LIBVIRT_COMMON_ARGS = dict(
     uri=dict(type="str", default=DEFAULT_URI, fallback=(env_fallback, ["LIBVIRT_DEFAULT_URI"])),
 )
 
-# libvirt error codes that mean "no such object" (stable numbers from virterror.h, so this
-# module imports without libvirt installed).
+# libvirt's constants, under libvirt's own names and with libvirt's values (stable numbers from
+# libvirt-domain.h, libvirt-network.h, libvirt-storage.h, virterror.h), so module_utils import
+# without libvirt-python. No other file defines a libvirt number.
+VIR_DOMAIN_XML_SECURE = 1
+VIR_DOMAIN_XML_INACTIVE = 2
+VIR_DOMAIN_XML_MIGRATABLE = 8
+VIR_NETWORK_XML_INACTIVE = 1
+VIR_STORAGE_XML_INACTIVE = 1
+VIR_DOMAIN_AFFECT_CURRENT = 0
+VIR_DOMAIN_AFFECT_LIVE = 1
+VIR_DOMAIN_AFFECT_CONFIG = 2
+VIR_DOMAIN_DEFINE_VALIDATE = 1
+VIR_DOMAIN_START_PAUSED = 1
+VIR_CONNECT_LIST_DOMAINS_ACTIVE = 1
+VIR_CONNECT_LIST_DOMAINS_INACTIVE = 2
+VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV = 2
+VIR_CONNECT_LIST_NODE_DEVICES_CAP_USB_DEV = 4
+VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE = 0
+VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT = 1
+VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP = 2
+VIR_DOMAIN_UNDEFINE_MANAGED_SAVE = 1
+VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA = 2
+VIR_DOMAIN_UNDEFINE_NVRAM = 4
+VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA = 16
+VIR_DOMAIN_UNDEFINE_TPM = 32
+
+VIR_ERR_INTERNAL_ERROR = 1
+VIR_ERR_NO_SUPPORT = 3
+VIR_ERR_NO_CONNECT = 5
+VIR_ERR_INVALID_ARG = 8
+VIR_ERR_OPERATION_FAILED = 9
+VIR_ERR_SYSTEM_ERROR = 38
+VIR_ERR_RPC = 39
+VIR_ERR_NO_DOMAIN = 42
+VIR_ERR_NO_NETWORK = 43
+VIR_ERR_NO_STORAGE_POOL = 49
+VIR_ERR_NO_STORAGE_VOL = 50
+VIR_ERR_NO_NODE_DEVICE = 53
+VIR_ERR_OPERATION_INVALID = 55
+VIR_ERR_NO_SECRET = 66
+VIR_ERR_OPERATION_TIMEOUT = 68
+VIR_ERR_NO_DOMAIN_SNAPSHOT = 72
+
+# libvirt error codes that mean "no such object".
 _NOT_FOUND_CODES = {
-    "domain": 42,  # VIR_ERR_NO_DOMAIN
-    "network": 43,  # VIR_ERR_NO_NETWORK
-    "pool": 49,  # VIR_ERR_NO_STORAGE_POOL
-    "volume": 50,  # VIR_ERR_NO_STORAGE_VOL
-    "secret": 66,  # VIR_ERR_NO_SECRET
-    "nodedev": 67,  # VIR_ERR_NO_NODE_DEVICE
-    "snapshot": 72,  # VIR_ERR_NO_DOMAIN_SNAPSHOT
+    "domain": VIR_ERR_NO_DOMAIN,
+    "network": VIR_ERR_NO_NETWORK,
+    "pool": VIR_ERR_NO_STORAGE_POOL,
+    "volume": VIR_ERR_NO_STORAGE_VOL,
+    "secret": VIR_ERR_NO_SECRET,
+    "nodedev": VIR_ERR_NO_NODE_DEVICE,
+    "snapshot": VIR_ERR_NO_DOMAIN_SNAPSHOT,
 }
+
+# What libvirt says when a driver failed without reporting why.
+_UNKNOWN_CAUSE = "cause is unknown"
+LIBVIRT_LOG_HINT = (
+    "libvirt gave no cause; its daemon log has it (journalctl -u libvirtd or -u virtqemud, "
+    "or /var/log/libvirt/libvirtd.log when logging to a file) and a guest's QEMU log is /var/log/libvirt/qemu/<name>.log"
+)
+
+
+def is_local_uri(uri):
+    """Whether ``uri`` manages the libvirtd of *this* machine (so host-side side effects may run here).
+
+    ``qemu:///system`` and ``qemu+unix:///system`` are local; a URI naming a host (``qemu+ssh://hv1/system``)
+    is not, and neither is libvirt's ``test:///`` driver, which has no host behind it.
+    """
+    match = re.match(r"^([a-z0-9+.-]+)://([^/?]*)(/[^?]*)?", uri or "", re.IGNORECASE)
+    if not match:
+        return False
+    scheme, authority = match.group(1).lower(), match.group(2)
+    driver, _, transport = scheme.partition("+")
+    if driver == "test":
+        return False
+    host = authority.rpartition("@")[2].split(":")[0]
+    return transport in ("", "unix") and host in ("", "localhost")
 
 
 def require_libvirt(module):
@@ -56,6 +124,8 @@ def require_libvirt(module):
 def error_from_libvirt(exc, action=None):
     """Turn a ``libvirt.libvirtError`` into our :class:`LibvirtError`, keeping libvirt's text."""
     text = exc.get_error_message() or str(exc)
+    if _UNKNOWN_CAUSE in text or not text.strip():
+        text = "%s (%s)" % (text.strip() or "libvirt reported an error without text", LIBVIRT_LOG_HINT)
     msg = "%s: %s" % (action, text) if action else text
     return LibvirtError(msg, code=exc.get_error_code(), domain=exc.get_error_domain())
 
@@ -139,7 +209,15 @@ class LibvirtClient:
             return func(*args)
 
 
+def open_client(uri, read_only=False):
+    """The one client factory: a :class:`LibvirtClient` on ``uri``, read-only for ``_info`` modules."""
+    return LibvirtClient.open(uri or DEFAULT_URI, read_only=read_only)
+
+
 def connect(module, read_only=False):
-    """Open the client for ``module.params['uri']`` (fails the module if libvirt-python is missing)."""
+    """Open the client for ``module.params['uri']`` (fails the module if libvirt-python is missing).
+
+    Deprecated inside the collection: :func:`run_module` builds the client through :class:`Backends`.
+    """
     require_libvirt(module)
-    return LibvirtClient.open(module.params["uri"], read_only=read_only)
+    return open_client(module.params["uri"], read_only=read_only)
