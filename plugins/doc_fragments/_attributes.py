@@ -17,6 +17,9 @@ attributes:
   platform:
     description: Target OS/families that can be operated against.
     support: N/A
+  idempotent:
+    description:
+      - When run twice in a row with the same arguments, the second run reports C(changed=false) and changes nothing.
 """
 
     # Attributes of a read-only C(_info) module.
@@ -36,4 +39,10 @@ attributes:
   platform:
     description: Target OS/families that can be operated against.
     support: N/A
+  idempotent:
+    description:
+      - When run twice in a row with the same arguments, the second run reports C(changed=false) and changes nothing.
+    support: full
+    details:
+      - This action does not modify state.
 """
