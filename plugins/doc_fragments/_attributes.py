@@ -20,6 +20,7 @@ attributes:
   idempotent:
     description:
       - When run twice in a row with the same arguments, the second run reports C(changed=false) and changes nothing.
+    support: full
 """
 
     # Attributes of a read-only C(_info) module.
