@@ -105,7 +105,7 @@ def is_local_uri(uri):
     if not match:
         return False
     scheme, authority = match.group(1).lower(), match.group(2)
-    driver, _, transport = scheme.partition("+")
+    driver, _plus, transport = scheme.partition("+")
     if driver == "test":
         return False
     host = authority.rpartition("@")[2].split(":")[0]
