@@ -37,6 +37,8 @@ log() { printf 'test-fresh: %s\n' "$*" >&2; }
 # ---- inside the private mount and pid namespaces (re-executed by the outer part) ----
 if [ "${1:-}" = --inside ]; then
   root=$2
+  # the root a mount point of its own: `ip netns` makes / a slave mount, which needs one
+  mount --bind "$root" "$root"
   mount -t proc proc "$root/proc"
   # a sysfs of this network namespace (/sys/class/net lists the root's interfaces, not the host's)
   mount -t sysfs sysfs "$root/sys"
@@ -77,7 +79,7 @@ if [ "${1:-}" = --inside ]; then
   [ "${VIRTOPS_FRESH_KEEP_GOING:-1}" = 1 ] || keep_going=
   exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb MAKEFLAGS="$keep_going" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    /bin/bash -c "cd /root/virtops-kvm && exec ${VIRTOPS_FRESH_COMMAND:-.ci/run}"
+    /bin/bash -c "cd /root/virtops-kvm && ${VIRTOPS_FRESH_COMMAND:-exec .ci/run}"
 fi
 
 # ---- outside: prepare the root and the namespaces ----
@@ -132,7 +134,7 @@ pasta --config-net -q --runas 0:0 -t none -u none -T none -U none -P "$cache/pas
   --netns "/run/netns/$ns" 2>/dev/null
 pasta_pid=$(cat "$cache/pasta.pid")
 
-log "running .ci/run (make test) of $head in the root; output in $out/run.log"
+log "running ${VIRTOPS_FRESH_COMMAND:-.ci/run (make test)} of $head in the root; output in $out/run.log"
 start=$(date +%s)
 rc=0
 nsenter --net="/run/netns/$ns" -- unshare --mount --propagation private --pid --fork --kill-child \
