@@ -112,6 +112,14 @@ rm -rf "$root"
 mkdir -p "$root"
 tar -C "$root" -xpf "$base"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The network's trust anchors are the site's, not the project's: where HTTPS goes through an
+# intercepting proxy, the host's CA bundle is what lets pip reach PyPI (a new machine at the same
+# site has it too). Only the bundle and pip's pointer to it are copied, no package index or wheels.
+if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+  mkdir -p "$root/etc/ssl/certs"
+  cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$root/etc/pip.conf"
+fi
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n' "$(hostname)" >"$root/etc/hosts"
 head=$(git -C "$top" rev-parse --short HEAD)
 if [ -n "$(git -C "$top" status --porcelain --untracked-files=no)" ]; then
