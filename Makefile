@@ -12,10 +12,14 @@ export VIRTOPS_BUILD ?= /tmp/virtops-kvm-build-$(shell printf %s '$(CURDIR)' | c
 COLL := $(VIRTOPS_BUILD)/ansible_collections/virtops/kvm
 HARNESS := $(CURDIR)/tests/harness
 
-.PHONY: test deps collection lint sanity units package integration guest demo build docs clean
+.PHONY: test test-fresh reliability-doc deps collection lint sanity units package integration guest demo build docs clean
 
 ## test: everything CI runs, in order: lint, sanity, unit tests, integration tests
 test: lint sanity units package integration
+
+## test-fresh: `make test` inside a freshly debootstrapped Debian 12 root (not part of `make test`)
+test-fresh:
+	$(HARNESS)/test-fresh.sh
 
 ## deps: Debian packages and the virtualenv (idempotent)
 deps:
@@ -61,7 +65,9 @@ integration: collection guest
 	  fi
 	done
 	cd $(COLL)
-	VIRTOPS_COLLECTION=$(COLL) $(HARNESS)/pytest.sh pytest -p no:cacheprovider -rs -v tests/harness/test_integration.py
+	# conftest.py prints a per-target timing table at the end and writes it to VIRTOPS_TIMING_FILE
+	VIRTOPS_COLLECTION=$(COLL) VIRTOPS_TIMING_FILE=$(CURDIR)/tests/output/integration-timing.tsv \
+	  $(HARNESS)/pytest.sh pytest -p no:cacheprovider -rs -v tests/harness/test_integration.py
 
 ## demo: provision this machine as a KVM host and boot a guest on it
 demo: collection guest

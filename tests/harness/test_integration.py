@@ -45,7 +45,7 @@ def _missing_requirement(aliases):
     """Why this machine cannot run a target, or None."""
     for alias in sorted(aliases):
         if alias.startswith("needs/file/"):
-            path = "/" + alias[len("needs/file/"):]
+            path = "/" + alias[len("needs/file/") :]
             if not os.path.exists(path):
                 return "needs %s, which this machine does not have" % path
     if "needs/lab" in aliases:
