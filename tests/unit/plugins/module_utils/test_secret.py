@@ -196,7 +196,7 @@ def test_fault_new_secret_whose_value_fails_is_removed(system_conn):
 def test_fault_recreate_with_refused_value_keeps_the_old_secret(system_conn, private):
     p = sparams(private=private, value="pw1")
     uuid = ensure(system_conn, p)["secret"]["uuid"]
-    with pytest.raises(LibvirtError, match="libvirt refused the value .nothing was changed."):
+    with pytest.raises(LibvirtError, match=r"libvirt refused the value \(nothing was changed\)"):
         ensure(system_conn, sparams(private=not private, value=TOO_BIG))
     secret = find_secret(system_conn.libvirt, uuid=uuid)
     assert secret is not None and s.parse_secret_xml(secret.XMLDesc(0))["private"] is private
@@ -215,7 +215,7 @@ class _RefuseFirstSetValue:
     def __getattr__(self, name):
         return getattr(self._conn, name)
 
-    def secretDefineXML(self, xml, flags=0):  # noqa: N802  # libvirt's name
+    def secretDefineXML(self, xml, flags=0):  # libvirt's name
         secret = self._conn.secretDefineXML(xml, flags)
         return _Refusing(secret, self) if "<usage" in xml else secret
 
@@ -228,7 +228,7 @@ class _Refusing:
     def __getattr__(self, name):
         return getattr(self._secret, name)
 
-    def setValue(self, value, flags=0):  # noqa: N802  # libvirt's name
+    def setValue(self, value, flags=0):  # libvirt's name
         if not self._conn.failed:
             self._conn.failed = True
             raise libvirt.libvirtError("injected fault: setValue refused")
