@@ -5,6 +5,7 @@
 
 - :func:`inactive_xml`: an object's persistent definition (networks, pools; drivers that do not
   know the INACTIVE flag, like libvirt's test driver, get the plain XML);
+- :func:`validate_object_name`: a name libvirt takes for a network, pool or volume;
 - :func:`find_secret` / :func:`resolve_secret`: a secret by uuid or by usage, as the ``secret``
   module manages them and the ``volume`` module refers to them for LUKS.
 """
@@ -24,6 +25,7 @@ SECRET_USAGE_ELEMENTS = {
     "tls": "name",
     "vtpm": "name",
 }
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
@@ -38,6 +40,15 @@ def inactive_xml(client, obj, what, flag):
         if exc.code != VIR_ERR_INVALID_ARG:
             raise
         return client.call("cannot read %s" % what, obj.XMLDesc, 0)
+
+
+def validate_object_name(name, kind):
+    """``name`` if libvirt takes it for a ``kind`` (network, pool, volume): not empty, no '/', no control
+    characters or surrounding blanks, not ``.`` or ``..``; else :class:`ValidationError` (also in check mode)."""
+    text = "" if name is None else str(name)
+    if not text or text in (".", "..") or text != text.strip() or "/" in text or _CONTROL.search(text):
+        raise ValidationError("%s name %r is not valid: it must be non-empty, without '/', control characters or surrounding white space" % (kind, name))
+    return text
 
 
 def is_uuid(text):

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import VIR_CONNECT_LIST_DOMAINS_ACTIVE, VIR_NETWORK_XML_INACTIVE, libvirt
-from ansible_collections.virtops.kvm.plugins.module_utils._libvirt_objects import inactive_xml
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt_objects import inactive_xml, validate_object_name
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import (
     canonical,
     parse_named_root,
@@ -59,14 +58,6 @@ _UNDO = {"add": "delete", "delete": "add"}
 
 # Attributes of the live XML that describe the running object, not its configuration.
 _RUNTIME_ATTRS = ("connections",)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def validate_name(name):
-    """A network name libvirt will take: not empty, no '/', no control characters or surrounding blanks."""
-    if not name or name != name.strip() or "/" in name or _CONTROL.search(name):
-        raise ValidationError("network name %r is not valid: it must be non-empty, without '/', control characters or surrounding white space" % name)
-    return name
 
 
 def prepare_intent(name, xml_text):
@@ -309,7 +300,7 @@ def _plan_running(backends, params, net, merged, plan):
 def plan_network(backends, params):
     """Returns the plan: the steps to take and the texts for the diff, everything validated."""
     client = backends.libvirt
-    name = validate_name(params["name"])
+    name = validate_object_name(params["name"], "network")
     net = client.lookup_network(name)
     current = _net_state(net)
     config = parse_xml(inactive_xml(client, net, "network %s" % name, VIR_NETWORK_XML_INACTIVE), "network %s" % name) if net is not None else None

@@ -19,11 +19,10 @@ before anything is deleted, unless ``delete_mounted`` says the volumes on that f
 from __future__ import annotations
 
 import os
-import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import VIR_STORAGE_XML_INACTIVE, libvirt
-from ansible_collections.virtops.kvm.plugins.module_utils._libvirt_objects import inactive_xml
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt_objects import inactive_xml, validate_object_name
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_named_root, parse_xml, three_way_merge, to_string, xml_equal
 
 STATES = ("present", "active", "inactive", "absent")
@@ -31,14 +30,6 @@ STATES = ("present", "active", "inactive", "absent")
 FORMATTING_TYPES = ("fs", "logical", "disk")
 # What libvirt reports about a pool, never configures.
 RUNTIME_ELEMENTS = ("capacity", "allocation", "available")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def validate_name(name):
-    """A pool name libvirt will take: not empty, no '/', no control characters or surrounding blanks."""
-    if not name or name != name.strip() or "/" in name or _CONTROL.search(name):
-        raise ValidationError("pool name %r is not valid: it must be non-empty, without '/', control characters or surrounding white space" % name)
-    return name
 
 
 def _strip_slash(text):
@@ -153,7 +144,7 @@ def _plan_definition(client, params, plan):
 def plan_pool(backends, params):
     """Work out what has to change, validating everything first. Returns the plan."""
     client = backends.libvirt
-    name = validate_name(params["name"])
+    name = validate_object_name(params["name"], "pool")
     pool = client.lookup_pool(name)
     current = _pool_state(pool)
     before_xml = inactive_xml(client, pool, "pool %s" % name, VIR_STORAGE_XML_INACTIVE) if pool is not None else ""

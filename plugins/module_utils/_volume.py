@@ -19,7 +19,6 @@ was created deletes the new volume again, so nothing half-made is left and a rer
 from __future__ import annotations
 
 import os
-import re
 import struct
 
 from ansible.module_utils.urls import open_url
@@ -28,7 +27,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._checksum import Hashe
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import validate_path
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import libvirt
-from ansible_collections.virtops.kvm.plugins.module_utils._libvirt_objects import resolve_secret
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt_objects import resolve_secret, validate_object_name
 from ansible_collections.virtops.kvm.plugins.module_utils._units import MAX_BYTES, format_size, parse_size
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import etree, parse_xml, to_string
 
@@ -47,7 +46,6 @@ SECTOR = 512
 GRANULARITY = 1024
 # qcow2's largest virtual size with libvirt's default 64 KiB clusters (32 MiB of L1 table): 2 PiB.
 QCOW2_MAX_BYTES = 2**51
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # ---------------------------------------------------------------------------- reading volumes
@@ -166,9 +164,7 @@ def _lookup_pool(client, params):
 
 def validate_params(params):
     """Checks that need no libvirt; returns (source option or None, expected Checksum or None)."""
-    name = params.get("name") or ""
-    if not name or name in (".", "..") or "/" in name or _CONTROL.search(name) or name != name.strip():
-        raise ValidationError("volume name %r is not valid: it must be a file name, without '/', control characters or surrounding white space" % name)
+    validate_object_name(params.get("name"), "volume")
     sources = [key for key in SOURCES if params.get(key)]
     if len(sources) > 1:
         raise ValidationError("only one of %s may be given, got %s" % (", ".join(SOURCES), ", ".join(sources)))
