@@ -23,7 +23,7 @@ description:
     The value is first tried on a throw-away ephemeral secret, so a value libvirt refuses leaves the
     old secret untouched; should the recreate fail later, the old definition (and its value, when it
     was readable) is put back and the message says so.
-  - The digest marker is written only after libvirt accepted the value: when setting the value fails,
+  - The digest marker is written only after libvirt accepted the value; when setting the value fails,
     the secret keeps its previous value and marker and the next run reports a change again.
 options:
   uuid:

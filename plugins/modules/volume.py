@@ -16,7 +16,7 @@ description:
   - Uploads stream through libvirt (C(virStorageVolUpload)) in chunks and are checked against O(checksum)
     while they stream; then the volume is read back (C(virStorageVolDownload)) and hashed again, because
     libvirt does not report a full file system on every pool. On a mismatch, or when any step after
-    creating the volume fails, the new volume is deleted again: nothing half-made is left behind.
+    creating the volume fails, the new volume is deleted again, so nothing half-made is left behind.
 options:
   pool:
     description: Name of the storage pool. It must exist and be active.
