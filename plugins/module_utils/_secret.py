@@ -349,16 +349,18 @@ def ensure_secret(backends, params, check_mode):
     if plan["absent"]:
         if before is not None and not check_mode:
             client.call("cannot remove secret %s" % before["uuid"], plan["secret"].undefine)
-        return {"changed": plan["changed"], "secret": {}, "diff": {"before": _diff_text(before, False), "after": ""}}
+        result = {"changed": plan["changed"], "secret": {}}
+        if plan["changed"]:
+            result["diff"] = {"before": _diff_text(before, False), "after": ""}
+        return result
     secret = plan["secret"]
     if plan["changed"] and not check_mode:
         secret = _apply_recreate(client, plan) if plan["recreate"] else _apply_in_place(client, plan)
     after = dict(plan["desired"], uuid=secret.UUIDString() if secret is not None else None)
-    return {
-        "changed": plan["changed"],
-        "secret": public_view(after, has_value=plan["has_value"]),
-        "diff": {"before": _diff_text(before, False), "after": _diff_text(after, plan["value_change"])},
-    }
+    result = {"changed": plan["changed"], "secret": public_view(after, has_value=plan["has_value"])}
+    if plan["changed"]:
+        result["diff"] = {"before": _diff_text(before, False), "after": _diff_text(after, plan["value_change"])}
+    return result
 
 
 def _comparable(props):

@@ -110,7 +110,7 @@ def test_secret_lifecycle(system_conn, private):
     assert first["changed"] and first["secret"]["has_value"] and "value" not in first["secret"]
     assert "pw1" not in str(first)
     again = ensure(system_conn, p)
-    assert not again["changed"] and again["diff"]["before"] == again["diff"]["after"]
+    assert not again["changed"] and "diff" not in again
     secret = resolve_secret(system_conn.libvirt, "/virtops-test-unit-a")
     assert resolve_secret(system_conn.libvirt, secret.UUIDString()).UUIDString() == secret.UUIDString()
     assert ("<description>unit [virtops-value" in secret.XMLDesc()) is private
