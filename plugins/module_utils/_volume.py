@@ -1,34 +1,40 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to the virtops.kvm collection: not a public API, may change without notice.
 """libvirt storage volumes: create (empty, clone, backing-store overlay, upload), resize, encrypt, delete.
 
 The volume XML is generated from the options; an existing volume is compared by its capacity,
 format, backing store and encryption. The source options (clone, overlay, upload) are used only
-when the volume is created. Uploads go through libvirt's stream API (``virStorageVolUpload``),
-chunk by chunk, hashing as they go; a checksum mismatch aborts the stream and deletes the volume.
+when the volume is created. Everything is validated while planning (sizes through the one size
+parser, checksums through :mod:`._checksum`, paths and names), so check mode fails where the real
+run would.
+
+Uploads go through libvirt's stream API (``virStorageVolUpload``), chunk by chunk, hashing as they
+go; then the volume is read back (``virStorageVolDownload``) and hashed again, because libvirt 9.0's
+stream does not report ENOSPC on a sparse target: a volume on a full file system holds zeros where
+the data should be. A checksum mismatch, a read-back that differs, or any failure after the volume
+was created deletes the new volume again, so nothing half-made is left and a rerun converges.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import struct
 
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
-from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import connect
-from ansible_collections.virtops.kvm.plugins.module_utils._secret import resolve_secret
-from ansible_collections.virtops.kvm.plugins.module_utils._xml import etree, parse_xml, to_bytes, to_string
+from ansible_collections.virtops.kvm.plugins.module_utils._checksum import Hasher, hash_volume, parse_checksum
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError, VirtopsError
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import validate_path
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import libvirt
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt_objects import resolve_secret, validate_object_name
+from ansible_collections.virtops.kvm.plugins.module_utils._units import MAX_BYTES, format_size, parse_size
+from ansible_collections.virtops.kvm.plugins.module_utils._xml import etree, parse_xml, to_string
 
 FORMATS = ("qcow2", "raw")
 ENCRYPTIONS = ("none", "luks")
 SOURCES = ("clone_from", "backing_store", "upload_from")
 
-# Stable libvirt numbers (virStorageVolResizeFlags, virSecretUsageType).
-RESIZE_SHRINK = 4
-SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
 # QEMU 7.2's LUKS key-derivation benchmark sometimes fails on a busy host; libvirt then removes the
 # half-made volume, so creating it again is safe.
 LUKS_FLAKE = "Unable to get accurate CPU usage"
@@ -36,9 +42,14 @@ LUKS_ATTEMPTS = 3
 QCOW2_MAGIC = b"QFI\xfb"
 CHUNK = 1024 * 1024
 SECTOR = 512
+# libvirt asks qemu-img for sizes in KiB (rounded up): a request within 1 KiB below what a volume has is met.
+GRANULARITY = 1024
+# qcow2's largest virtual size with libvirt's default 64 KiB clusters (32 MiB of L1 table): 2 PiB.
+QCOW2_MAX_BYTES = 2**51
 
 
 # ---------------------------------------------------------------------------- reading volumes
+
 
 def volume_facts(client, pool, vol):
     """Path, capacity, allocation, format, backing store and encryption of ``vol``."""
@@ -46,6 +57,7 @@ def volume_facts(client, pool, vol):
     info = client.call("cannot read volume info", vol.info)
     backing = root.find("backingStore")
     encryption = root.find("target/encryption")
+    backing_format = backing.find("format") if backing is not None else None
     return dict(
         name=vol.name(),
         pool=pool.name(),
@@ -54,8 +66,9 @@ def volume_facts(client, pool, vol):
         capacity=info[1],
         allocation=info[2],
         format=root.find("target/format").get("type") if root.find("target/format") is not None else None,
-        backing_store=dict(path=backing.findtext("path"), format=backing.find("format").get("type") if backing.find("format") is not None else None)
-        if backing is not None and backing.findtext("path") else None,
+        backing_store=dict(path=backing.findtext("path"), format=backing_format.get("type") if backing_format is not None else None)
+        if backing is not None and backing.findtext("path")
+        else None,
         encryption=encryption.get("format") if encryption is not None else "none",
     )
 
@@ -86,30 +99,30 @@ def qcow2_virtual_size(head):
 def _find_source_volume(client, pool, ref, what):
     """A volume named ``ref`` in ``pool``, or the volume at path ``ref`` in any pool. None for a plain file."""
     if ref.startswith("/"):
-        return client.lookup_volume_by_path(ref)
+        return client.lookup_volume_by_path(validate_path(ref, what))
     vol = client.lookup_volume(pool, ref)
     if vol is None:
         raise ValidationError("%s %r is not a volume of pool %s; give a volume name in that pool or an absolute path" % (what, ref, pool.name()))
     return vol
 
 
-def parse_size(value, what="capacity"):
-    """A size given as bytes or as an integer with a libvirt unit (``10GiB``, ``512M``, ``1GB``) in bytes."""
-    match = SIZE_RE.match(str(value))
-    if not match:
-        raise ValidationError("%s %r is not a size: use an integer with an optional unit (bytes, KiB, MiB, GiB, TiB, KB, MB, GB...)" % (what, value))
-    return to_bytes(match.group(1), match.group(2) or None, "bytes")
-
-
-def _wanted_capacity(params):
+def wanted_capacity(params, fmt=None):
+    """The requested capacity in bytes (None when not given), within what the format can hold."""
     if params.get("capacity") in (None, ""):
         return None
-    return parse_size(params["capacity"])
+    maximum = QCOW2_MAX_BYTES if fmt == "qcow2" else MAX_BYTES
+    size = parse_size(params["capacity"], "capacity", minimum=SECTOR, maximum=MAX_BYTES)
+    if size > maximum:
+        raise ValidationError(
+            "capacity %r is too large for a %s volume: at most %s (qemu's limit with libvirt's 64 KiB clusters)"
+            % (params["capacity"], fmt, format_size(maximum))
+        )
+    return size
 
 
 def _same_capacity(have, want):
-    """qemu-img rounds sizes up to whole sectors; a request within one sector is already met."""
-    return have >= want and have - want < SECTOR
+    """libvirt rounds sizes up to whole KiB; a request within that rounding is already met."""
+    return have >= want and have - want < GRANULARITY
 
 
 def volume_xml(name, capacity, fmt, backing=None, secret_uuid=None):
@@ -136,6 +149,7 @@ def volume_xml(name, capacity, fmt, backing=None, secret_uuid=None):
 
 # ---------------------------------------------------------------------------- planning
 
+
 def _lookup_pool(client, params):
     pool = client.lookup_pool(params["pool"])
     if pool is None:
@@ -148,12 +162,15 @@ def _lookup_pool(client, params):
     return pool
 
 
-def _validate(params):
+def validate_params(params):
+    """Checks that need no libvirt; returns (source option or None, expected Checksum or None)."""
+    validate_object_name(params.get("name"), "volume")
     sources = [key for key in SOURCES if params.get(key)]
     if len(sources) > 1:
         raise ValidationError("only one of %s may be given, got %s" % (", ".join(SOURCES), ", ".join(sources)))
-    if params.get("checksum") and not params.get("upload_from"):
+    if params.get("checksum") is not None and not params.get("upload_from"):
         raise ValidationError("checksum applies to upload_from only")
+    checksum = parse_checksum(params.get("checksum"), "checksum")
     encrypted = params.get("encryption") == "luks"
     if encrypted and not params.get("secret"):
         raise ValidationError("encryption=luks needs secret (the uuid or usage id of a libvirt passphrase secret)")
@@ -161,13 +178,56 @@ def _validate(params):
         raise ValidationError("encryption=luks creates a new empty encrypted volume; it cannot be combined with %s" % sources[0])
     if params.get("backing_store") and params.get("format") not in (None, "qcow2"):
         raise ValidationError("a backing_store overlay is a qcow2 volume; format=%s cannot have a backing store" % params["format"])
-    return sources[0] if sources else None
+    if params.get("upload_from") and "://" not in params["upload_from"]:
+        validate_path(params["upload_from"], "upload_from")
+    if params["state"] == "present":
+        wanted_capacity(params, params.get("format") or ("qcow2" if not sources or sources[0] == "backing_store" else None))
+    return (sources[0] if sources else None), checksum
+
+
+def _base_facts(client, pool, ref, source):
+    """(volume or None, facts) of a clone or overlay source; a plain file is read for its format and size."""
+    base_vol = _find_source_volume(client, pool, ref, source)
+    if base_vol is not None:
+        return base_vol, volume_facts(client, pool, base_vol)
+    if not os.path.isfile(ref):
+        raise ValidationError("%s %s does not exist" % (source, ref))
+    with open(ref, "rb") as handle:
+        head = handle.read(64)
+    return None, dict(path=ref, format=probe_format(head), capacity=qcow2_virtual_size(head) or os.path.getsize(ref))
+
+
+def _plan_from_base(client, pool, params, source, *, capacity, plan):
+    ref = params[source]
+    base_vol, base = _base_facts(client, pool, ref, source)
+    if base["capacity"] < SECTOR:
+        raise ValidationError(
+            "%s %s holds %d bytes: a disk image holds at least one %d-byte sector, so no volume is made from it" % (source, ref, base["capacity"], SECTOR)
+        )
+    if capacity is not None and capacity < base["capacity"]:
+        raise ValidationError(
+            "capacity %s is smaller than %s %s (%s bytes); a new volume cannot start smaller than its source"
+            % (params["capacity"], source, ref, base["capacity"])
+        )
+    want = capacity if capacity is not None else base["capacity"]
+    fmt = params.get("format")
+    if source == "backing_store":
+        backing = dict(path=base["path"], format=base["format"])
+        plan["xml"] = volume_xml(params["name"], want, "qcow2", backing=backing)
+        plan["after"] = dict(path=None, capacity=want, format="qcow2", encryption="none", backing_store=backing)
+    else:
+        if base_vol is None:
+            raise ValidationError("clone_from %s is not a libvirt volume; clone from a volume, or use upload_from for a plain file" % ref)
+        plan["xml"] = volume_xml(params["name"], base["capacity"], fmt or base["format"])
+        plan["clone_of"] = base_vol
+        plan["after"] = dict(path=None, capacity=want, format=fmt or base["format"], encryption="none", backing_store=None)
+    plan["capacity"] = want
 
 
 def _plan_create(client, pool, params, source):
     """Steps and the XML for a volume that does not exist yet."""
-    capacity = _wanted_capacity(params)
     fmt = params.get("format")
+    capacity = wanted_capacity(params, fmt or ("qcow2" if source in (None, "backing_store") else None))
     plan = dict(action="create", source=source, capacity=capacity)
     if source is None:
         if capacity is None:
@@ -176,102 +236,84 @@ def _plan_create(client, pool, params, source):
         plan["xml"] = volume_xml(params["name"], capacity, fmt or "qcow2", secret_uuid=secret_uuid)
         plan["after"] = dict(path=None, capacity=capacity, format=fmt or "qcow2", encryption=params.get("encryption") or "none", backing_store=None)
     elif source in ("clone_from", "backing_store"):
-        ref = params[source]
-        base_vol = _find_source_volume(client, pool, ref, source)
-        if base_vol is not None:
-            base = volume_facts(client, pool, base_vol)
-        elif os.path.isfile(ref):
-            with open(ref, "rb") as handle:
-                head = handle.read(64)
-            base = dict(path=ref, format=probe_format(head), capacity=qcow2_virtual_size(head) or os.path.getsize(ref))
-        else:
-            raise ValidationError("%s %s does not exist" % (source, ref))
-        if capacity is not None and capacity < base["capacity"]:
-            raise ValidationError("capacity %s is smaller than %s %s (%s bytes); a new volume cannot start smaller than its source"
-                                  % (params["capacity"], source, ref, base["capacity"]))
-        want = capacity if capacity is not None else base["capacity"]
-        if source == "backing_store":
-            backing = dict(path=base["path"], format=base["format"])
-            plan["xml"] = volume_xml(params["name"], want, "qcow2", backing=backing)
-            plan["after"] = dict(path=None, capacity=want, format="qcow2", encryption="none", backing_store=backing)
-        else:
-            if base_vol is None:
-                raise ValidationError("clone_from %s is not a libvirt volume; clone from a volume, or use upload_from for a plain file" % ref)
-            plan["xml"] = volume_xml(params["name"], base["capacity"], fmt or base["format"])
-            plan["clone_of"] = base_vol
-            plan["after"] = dict(path=None, capacity=want, format=fmt or base["format"], encryption="none", backing_store=None)
-        plan["capacity"] = want
+        _plan_from_base(client, pool, params, source, capacity=capacity, plan=plan)
     else:
         ref = params["upload_from"]
-        if "://" not in ref and not os.path.isfile(ref):
-            raise ValidationError("upload_from %s does not exist (a local file on the hypervisor or an http(s)/ftp URL)" % ref)
+        if "://" not in ref:
+            if not os.path.isfile(ref):
+                raise ValidationError("upload_from %s does not exist (a local file on the hypervisor or an http(s)/ftp URL)" % ref)
+            if os.path.getsize(ref) == 0:
+                raise ValidationError("upload_from %s is empty: there is nothing to upload" % ref)
         plan["after"] = dict(path=None, capacity=capacity, format=fmt, encryption="none", backing_store=None)
     return plan
 
 
-def plan_volume(client, params):
-    """Returns (pool, vol, plan). ``plan['steps']`` is empty when nothing has to change."""
-    source = _validate(params)
-    pool = _lookup_pool(client, params)
-    vol = client.lookup_volume(pool, params["name"]) if pool is not None else None
-    before = volume_facts(client, pool, vol) if vol is not None else {}
-    plan = dict(steps=[], before=before, after=dict(before))
-    if params["state"] == "absent":
-        if vol is not None:
-            plan["steps"] = (["wipe"] if params.get("wipe") else []) + ["delete"]
-            plan["after"] = {}
-        return pool, vol, plan
-    if vol is None:
-        plan.update(_plan_create(client, pool, params, source))
-        plan["steps"] = ["create"] if source != "upload_from" else ["upload"]
-        return pool, vol, plan
-    # Existing volume: what cannot change in place is an error, capacity is resized.
+def _plan_existing(client, pool, params, before, plan):
+    """What cannot change in place is an error; capacity is resized."""
+    name = params["name"]
     if params.get("format") and params["format"] != before["format"]:
-        raise ValidationError("volume %s exists with format %s, asked for %s; a volume's format cannot change in place: "
-                              "remove it (state=absent) or convert it with virtops.kvm.qemu_img" % (params["name"], before["format"], params["format"]))
+        raise ValidationError(
+            "volume %s exists with format %s, asked for %s; a volume's format cannot change in place: "
+            "remove it (state=absent) or convert it with virtops.kvm.qemu_img" % (name, before["format"], params["format"])
+        )
     want_enc = params.get("encryption")
     if want_enc and want_enc != before["encryption"]:
-        raise ValidationError("volume %s exists with encryption %s, asked for %s; encryption is chosen when a volume is created"
-                              % (params["name"], before["encryption"], want_enc))
+        raise ValidationError(
+            "volume %s exists with encryption %s, asked for %s; encryption is chosen when a volume is created" % (name, before["encryption"], want_enc)
+        )
     if params.get("backing_store"):
         want_backing = params["backing_store"]
         have_backing = (before.get("backing_store") or {}).get("path")
         base_vol = _find_source_volume(client, pool, want_backing, "backing_store") if not want_backing.startswith("/") else None
         want_path = base_vol.path() if base_vol is not None else want_backing
         if have_backing != want_path:
-            raise ValidationError("volume %s exists with backing store %s, asked for %s; the backing store is chosen when a volume is created"
-                                  % (params["name"], have_backing, want_path))
-    capacity = _wanted_capacity(params)
+            raise ValidationError(
+                "volume %s exists with backing store %s, asked for %s; the backing store is chosen when a volume is created" % (name, have_backing, want_path)
+            )
+    capacity = wanted_capacity(params, before["format"])
     if capacity is not None and not _same_capacity(before["capacity"], capacity):
         if capacity < before["capacity"] and not params.get("allow_shrink"):
-            raise ValidationError("volume %s has %d bytes, asked for %d: shrinking loses the data past the new end; "
-                                  "set allow_shrink=true if that is intended" % (params["name"], before["capacity"], capacity))
+            raise ValidationError(
+                "volume %s has %d bytes, asked for %d: shrinking loses the data past the new end; "
+                "set allow_shrink=true if that is intended" % (name, before["capacity"], capacity)
+            )
         plan["steps"] = ["resize"]
         plan["capacity"] = capacity
         plan["after"]["capacity"] = capacity
-    return pool, vol, plan
+
+
+def plan_volume(client, params):
+    """The plan: ``pool``, ``vol``, ``steps`` (empty when nothing has to change), before/after."""
+    source, checksum = validate_params(params)
+    pool = _lookup_pool(client, params)
+    vol = client.lookup_volume(pool, params["name"]) if pool is not None else None
+    before = volume_facts(client, pool, vol) if vol is not None else {}
+    plan = dict(pool=pool, vol=vol, steps=[], before=before, after=dict(before), checksum=checksum, warnings=[])
+    if params["state"] == "absent":
+        if vol is not None:
+            plan["steps"] = (["wipe"] if params.get("wipe") else []) + ["delete"]
+            plan["after"] = {}
+        return plan
+    if vol is None:
+        plan.update(_plan_create(client, pool, params, source))
+        plan["steps"] = ["create"] if source != "upload_from" else ["upload"]
+        return plan
+    _plan_existing(client, pool, params, before, plan)
+    return plan
 
 
 # ---------------------------------------------------------------------------- acting
 
-def _open_source(module, ref):
+
+def _open_source(params):
     """A readable binary file object for a local path or a URL."""
+    ref = params["upload_from"]
     if "://" not in ref:
         return open(ref, "rb")
     try:
-        return open_url(ref, timeout=module.params.get("timeout") or 30, validate_certs=module.params.get("validate_certs", True))
+        return open_url(ref, timeout=params.get("timeout") or 30, validate_certs=params.get("validate_certs", True))
     except Exception as exc:  # urllib errors, socket errors
         raise ValidationError("cannot download upload_from %s: %s" % (ref, exc)) from exc
-
-
-def _parse_checksum(text):
-    if not text:
-        return None, None
-    algo, _sep, digest = text.rpartition(":")
-    algo = (algo or "sha256").lower()
-    if algo not in hashlib.algorithms_available:
-        raise ValidationError("checksum algorithm %s is not available; use e.g. sha256:<hex>" % algo)
-    return algo, digest.strip().lower()
 
 
 def _send_all(stream, data):
@@ -283,58 +325,121 @@ def _send_all(stream, data):
         view = view[sent:]
 
 
-def _upload(module, client, pool, params, plan):
-    """Create the volume and stream the source into it; a checksum mismatch deletes it again."""
-    algo, want_digest = _parse_checksum(params.get("checksum"))
-    hasher = hashlib.new(algo or "sha256")
-    ref = params["upload_from"]
-    source = _open_source(module, ref)
-    vol = None
-    stream = None
+def _remove_new(vol):
+    """Delete a volume this run created; returns the note for the error message."""
     try:
-        head = source.read(CHUNK)
-        fmt = params.get("format") or probe_format(head)
-        capacity = plan["capacity"] or (qcow2_virtual_size(head) if fmt == "qcow2" else None)
-        if capacity is None:
-            length = os.path.getsize(ref) if "://" not in ref else int(getattr(source, "headers", {}).get("Content-Length") or 0)
-            capacity = length
-        xml = volume_xml(params["name"], capacity, fmt)
-        vol = client.call("cannot create volume %s in pool %s" % (params["name"], params["pool"]), pool.createXML, xml, 0)
-        stream = client.call("cannot open a libvirt stream", client.conn.newStream, 0)
-        client.call("cannot start uploading into volume %s" % params["name"], vol.upload, stream, 0, 0, 0)
+        vol.delete(0)
+    except Exception as exc:  # pylint: disable=broad-exception-caught  # the first error is the one to report
+        return "removing the new volume failed too (%s): delete it before retrying" % exc
+    return "the new volume was removed again"
+
+
+def _with_note(exc, note):
+    if note and note not in exc.msg:
+        exc.msg = "%s; %s" % (exc.msg, note)
+        exc.args = (exc.msg,)
+    return exc
+
+
+def _upload_capacity(params, plan, head, source, fmt):
+    if plan["capacity"]:
+        return plan["capacity"]
+    if fmt == "qcow2" and qcow2_virtual_size(head):
+        return qcow2_virtual_size(head)
+    ref = params["upload_from"]
+    length = os.path.getsize(ref) if "://" not in ref else int(getattr(source, "headers", {}).get("Content-Length") or 0)
+    if length == 0 and not head:
+        raise ValidationError("upload_from %s is empty: there is nothing to upload" % ref)
+    return max(length, len(head))
+
+
+def _stream_into(client, vol, name, source, *, head, hasher):
+    """Stream ``head`` and the rest of ``source`` into ``vol``; aborts (and raises) on a checksum mismatch."""
+    stream = client.call("cannot open a libvirt stream", client.conn.newStream, 0)
+    try:
+        client.call("cannot start uploading into volume %s" % name, vol.upload, stream, 0, 0, 0)
         chunk = head
         while chunk:
             hasher.update(chunk)
-            client.call("cannot upload into volume %s" % params["name"], _send_all, stream, chunk)
+            client.call("cannot upload into volume %s" % name, _send_all, stream, chunk)
             chunk = source.read(CHUNK)
-        if want_digest and hasher.hexdigest() != want_digest:
-            client.call("cannot abort the upload", stream.abort)
-            stream = None
-            raise ValidationError("checksum mismatch for %s: expected %s:%s, got %s; the volume was removed"
-                                  % (ref, algo, want_digest, hasher.hexdigest()), expected=want_digest, actual=hasher.hexdigest())
-        client.call("cannot finish uploading into volume %s" % params["name"], stream.finish)
+        if not hasher.matches():
+            raise ValidationError(
+                "checksum mismatch for %s: expected %s, got %s:%s" % (name, hasher.expected, hasher.algorithm, hasher.hexdigest()),
+                expected=hasher.expected.digest,
+                actual=hasher.hexdigest(),
+            )
+        client.call("cannot finish uploading into volume %s" % name, stream.finish)
         stream = None
-    except BaseException:
+    finally:
         if stream is not None:
             try:
                 stream.abort()
             except Exception:  # pylint: disable=broad-exception-caught
                 pass
+
+
+def _verify_stored(client, pool, vol, name, hasher):
+    """Read back what the upload stored; a different digest means it was not stored (a full file system)."""
+    stored = hash_volume(client, vol, hasher.length, hasher.algorithm, what="volume %s" % name)
+    if stored != hasher.hexdigest():
+        available = client.call("cannot read pool info", pool.info)[3]
+        raise HostError(
+            "volume %s does not hold what was uploaded: the %d bytes read back have %s %s, the upload had %s. libvirt reported no error; "
+            "pool %s has %d bytes available, so its file system is probably full: free space or use another pool"
+            % (name, hasher.length, hasher.algorithm, stored, hasher.hexdigest(), pool.name(), available),
+            stored=stored,
+            uploaded=hasher.hexdigest(),
+            available=available,
+        )
+
+
+def _upload(client, pool, params, plan):
+    """Create the volume, stream the source into it, read it back; any failure deletes the new volume."""
+    name = params["name"]
+    hasher = Hasher(plan["checksum"])
+    source = _open_source(params)
+    vol = None
+    try:
+        head = source.read(CHUNK)
+        fmt = params.get("format") or probe_format(head)
+        capacity = _upload_capacity(params, plan, head, source, fmt)
+        vol = client.call("cannot create volume %s in pool %s" % (name, params["pool"]), pool.createXML, volume_xml(name, capacity, fmt), 0)
+        _stream_into(client, vol, name, source, head=head, hasher=hasher)
+        _verify_stored(client, pool, vol, name, hasher)
+        client.call("cannot refresh pool %s" % params["pool"], pool.refresh, 0)
+        vol = client.lookup_volume(pool, name)
+        _grow_to(client, vol, name, wanted_capacity(params, fmt))
+    except VirtopsError as exc:
+        if "No space left" in exc.msg:
+            _with_note(exc, _space_note(client, pool))
         if vol is not None:
-            try:
-                vol.delete(0)
-            except Exception:  # pylint: disable=broad-exception-caught
-                pass
+            raise _with_note(exc, _remove_new(vol)) from None
+        raise
+    except BaseException:
+        if vol is not None:
+            _remove_new(vol)
         raise
     finally:
         source.close()
-    client.call("cannot refresh pool %s" % params["pool"], pool.refresh, 0)
-    vol = client.lookup_volume(pool, params["name"])
-    wanted = _wanted_capacity(params)
-    info = client.call("cannot read volume info", vol.info)
-    if wanted is not None and info[1] < wanted and not _same_capacity(info[1], wanted):
-        client.call("cannot resize volume %s" % params["name"], vol.resize, wanted, 0)
     return vol, hasher.hexdigest()
+
+
+def _space_note(client, pool):
+    try:
+        available = pool.info()[3]
+    except Exception:  # pylint: disable=broad-exception-caught
+        return "the file system of pool %s is full" % pool.name()
+    return "the file system of pool %s is full (%d bytes available): free space or use another pool" % (pool.name(), available)
+
+
+def _grow_to(client, vol, name, capacity):
+    """Grow a new volume to ``capacity`` when libvirt made it smaller (never shrink what it rounded up)."""
+    if capacity is None:
+        return
+    have = client.call("cannot read volume info", vol.info)[1]
+    if have < capacity and not _same_capacity(have, capacity):
+        client.call("cannot resize volume %s" % name, vol.resize, capacity, 0)
 
 
 def _create(client, pool, xml, action):
@@ -347,8 +452,22 @@ def _create(client, pool, xml, action):
     return None  # not reached
 
 
-def apply_volume(module, client, pool, vol, plan):
-    params = module.params
+def _create_volume(client, pool, params, plan):
+    name = params["name"]
+    if plan.get("clone_of") is not None:
+        vol = client.call("cannot clone %s into %s" % (params["clone_from"], name), pool.createXMLFrom, plan["xml"], plan["clone_of"], 0)
+    else:
+        vol = _create(client, pool, plan["xml"], "cannot create volume %s in pool %s" % (name, params["pool"]))
+    try:
+        _grow_to(client, vol, name, plan["capacity"])
+    except VirtopsError as exc:
+        raise _with_note(exc, _remove_new(vol)) from None
+    return vol
+
+
+def apply_volume(client, params, plan):
+    """Carry out ``plan``; returns (volume or None, extra result keys)."""
+    pool, vol = plan["pool"], plan["vol"]
     name = params["name"]
     result = {}
     for step in plan["steps"]:
@@ -358,18 +477,11 @@ def apply_volume(module, client, pool, vol, plan):
             client.call("cannot delete volume %s" % name, vol.delete, 0)
             vol = None
         elif step == "create":
-            if plan.get("clone_of") is not None:
-                vol = client.call("cannot clone %s into %s" % (params["clone_from"], name), pool.createXMLFrom, plan["xml"], plan["clone_of"], 0)
-            else:
-                vol = _create(client, pool, plan["xml"], "cannot create volume %s in pool %s" % (name, params["pool"]))
-            info = client.call("cannot read volume info", vol.info)
-            if plan["capacity"] is not None and not _same_capacity(info[1], plan["capacity"]):
-                client.call("cannot resize volume %s" % name, vol.resize, plan["capacity"], 0)
+            vol = _create_volume(client, pool, params, plan)
         elif step == "upload":
-            vol, digest = _upload(module, client, pool, params, plan)
-            result["checksum"] = digest
+            vol, result["checksum"] = _upload(client, pool, params, plan)
         elif step == "resize":
-            flags = RESIZE_SHRINK if plan["capacity"] < plan["before"]["capacity"] else 0
+            flags = libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK if plan["capacity"] < plan["before"]["capacity"] else 0
             client.call("cannot resize volume %s" % name, vol.resize, plan["capacity"], flags)
     if vol is not None:
         client.call("cannot refresh pool %s" % params["pool"], pool.refresh, 0)
@@ -377,27 +489,20 @@ def apply_volume(module, client, pool, vol, plan):
     return vol, result
 
 
-def manage_volume(module, client):
-    """The whole run: plan, then act unless in check mode. ``module`` gives params, check_mode and _diff."""
-    params = module.params
-    check_mode = module.check_mode
-    pool, vol, plan = plan_volume(client, params)
+def ensure_volume(backends, params, check_mode):
+    """The whole run: plan, then act unless in check mode."""
+    client = backends.libvirt
+    plan = plan_volume(client, params)
     changed = bool(plan["steps"])
-    result = dict(changed=changed, actions=plan["steps"])
+    result = dict(changed=changed, actions=plan["steps"], warnings=plan["warnings"])
     if changed and not check_mode:
-        vol, extra = apply_volume(module, client, pool, vol, plan)
+        vol, extra = apply_volume(client, params, plan)
         result.update(extra)
-        result["volume"] = volume_facts(client, pool, vol) if vol is not None else {}
+        result["volume"] = volume_facts(client, plan["pool"], vol) if vol is not None else {}
     else:
         result["volume"] = plan["before"]
-    if module._diff:
-        after = result["volume"] if changed and not check_mode else plan["after"]
-        result["diff"] = dict(before_header="volume %s/%s" % (params["pool"], params["name"]),
-                              after_header="volume %s/%s" % (params["pool"], params["name"]),
-                              before=_summary(plan["before"]), after=_summary(after))
+    if changed:
+        after = result["volume"] if not check_mode else plan["after"]
+        header = "volume %s/%s" % (params["pool"], params["name"])
+        result["diff"] = dict(before_header=header, after_header=header, before=_summary(plan["before"]), after=_summary(after))
     return result
-
-
-def run_volume(module):
-    with connect(module) as client:
-        return manage_volume(module, client)

@@ -17,6 +17,8 @@ description:
     records, port groups) are applied live with C(virNetworkUpdate), without restarting the network or
     disturbing its guests. Any other change is stored and applies at the next start
     (RV(pending_restart=true)), or at once with O(apply=restart).
+  - Live updates are applied one at a time. When one fails, those already applied are undone, so the running
+    network equals its definition again (which is then not changed), and the message says so.
   - Networks forwarding to a host bridge (C(<forward mode='bridge'/><bridge name='br0'/>)) work like any other.
 options:
   name:
@@ -26,7 +28,9 @@ options:
   xml:
     description:
       - The network's XML (C(<network>...</network>)). Needed to create a network; optional for an existing one.
-      - Its C(<name>) must be O(name); it is added when missing.
+      - Its C(<name>) must be O(name); it is added when missing. O(name) may not contain C(/).
+      - Addresses are checked before anything changes (also in check mode) - C(<ip>) address, netmask and prefix,
+        DHCP ranges (inside the network, start before end), DHCP and DNS host addresses, routes.
     type: str
   state:
     description:
@@ -41,15 +45,18 @@ options:
   apply:
     description:
       - What to do when a running network differs from its definition in a way libvirt cannot change live.
-      - V(pending) stores the definition and returns RV(pending_restart=true); V(restart) stops and starts the
-        network now, which cuts attached guests off until their NICs are reattached (see O(reattach)).
+      - V(next_boot) stores the definition and returns RV(pending_restart=true); it applies when the network is
+        next started. V(restart) stops and starts the network now, which cuts attached guests off until their
+        NICs are reattached (see O(reattach)).
     type: str
-    choices: [pending, restart]
-    default: pending
+    choices: [next_boot, restart]
+    default: next_boot
   reattach:
     description:
       - After a restart (O(apply=restart)), put the interfaces of running guests on this network back on its bridge.
-      - The module must run on the hypervisor itself for this (it runs C(ip link set <tap> master <bridge>)).
+      - This runs C(ip link set <tap> master <bridge>) on the machine the module runs on, so it is done only when
+        O(uri) is this machine's libvirtd (C(qemu:///system), not a remote or C(test:///) URI); otherwise a warning
+        says the guests must be reattached on the hypervisor.
     type: bool
     default: true
 extends_documentation_fragment:
@@ -62,6 +69,9 @@ attributes:
     support: full
     details:
       - Two diffs, the network XML (without the stored intent) and its state (state, autostart).
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
+    support: full
   platform:
     platforms: posix
 author:
@@ -136,9 +146,9 @@ reattached:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
-from ansible_collections.virtops.kvm.plugins.module_utils._network import APPLY, STATES, run_network
+from ansible_collections.virtops.kvm.plugins.module_utils._network import APPLY, STATES, ensure_network
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import require_lxml
 
 
@@ -148,13 +158,13 @@ def main():
         xml=dict(type="str"),
         state=dict(type="str", default="present", choices=list(STATES)),
         autostart=dict(type="bool"),
-        apply=dict(type="str", default="pending", choices=list(APPLY)),
+        apply=dict(type="str", default="next_boot", choices=list(APPLY)),
         reattach=dict(type="bool", default=True),
     )
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     require_lxml(module)
-    run_module(module, run_network)
+    run_module(module, ensure_network)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ description:
     Redefining an active pool takes effect when it is next started; the module then returns
     RV(pending_restart=true).
   - Removing a pool (O(state=absent)) never deletes its data unless O(delete_on_absent=true).
+  - A pool this run defined is undefined again when building or starting it fails, so the next run starts over.
 options:
   name:
     description: Name of the pool.
@@ -24,7 +25,9 @@ options:
   xml:
     description:
       - The pool's XML (C(<pool type='dir'>...</pool>)). Needed to create a pool; optional for an existing one.
-      - Its C(<name>) must be O(name); it is added when missing.
+      - Its C(<name>) must be O(name); it is added when missing. O(name) may not contain C(/).
+      - The target path is compared without a trailing C(/); C(<capacity>), C(<allocation>) and C(<available>)
+        are what libvirt reports, not configuration, and are ignored with a warning.
     type: str
   state:
     description:
@@ -48,6 +51,15 @@ options:
         undefining it. By default the data stays where it is.
     type: bool
     default: false
+  delete_mounted:
+    description:
+      - With O(delete_on_absent=true), a directory pool whose target directory is a mount point is refused
+        before anything is deleted, unless this is V(true). Then its volumes are deleted and the mount point
+        itself is kept.
+      - Only checked when the module runs on the hypervisor (a local O(uri)); for a remote one a warning says
+        it could not be checked.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - virtops.kvm._libvirt
   - virtops.kvm._attributes
@@ -58,6 +70,9 @@ attributes:
     support: full
     details:
       - Two diffs, the pool XML and its state (state, autostart).
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
+    support: full
   platform:
     platforms: posix
 author:
@@ -113,9 +128,9 @@ pending_restart:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
-from ansible_collections.virtops.kvm.plugins.module_utils._pool import STATES, run_pool
+from ansible_collections.virtops.kvm.plugins.module_utils._pool import STATES, ensure_pool
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import require_lxml
 
 
@@ -127,11 +142,12 @@ def main():
         autostart=dict(type="bool"),
         build=dict(type="bool", default=False),
         delete_on_absent=dict(type="bool", default=False),
+        delete_mounted=dict(type="bool", default=False),
     )
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     require_lxml(module)
-    run_module(module, run_pool)
+    run_module(module, ensure_pool)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ description:
   - libvirt cannot change O(private) or O(ephemeral) of an existing secret. When they differ the
     module removes and redefines the secret with the same UUID, and sets O(value) again (for a
     secret that was not private, its current value is carried over when O(value) is not given).
+    The value is first tried on a throw-away ephemeral secret, so a value libvirt refuses leaves the
+    old secret untouched; should the recreate fail later, the old definition (and its value, when it
+    was readable) is put back and the message says so.
+  - The digest marker is written only after libvirt accepted the value; when setting the value fails,
+    the secret keeps its previous value and marker and the next run reports a change again.
 options:
   uuid:
     description:
@@ -32,11 +37,12 @@ options:
     type: str
     choices: [volume, ceph, iscsi, tls, vtpm]
   usage_id:
-    description: The volume path, Ceph name, iSCSI target, TLS or vTPM name the secret is for.
+    description: The volume path, Ceph name, iSCSI target, TLS or vTPM name the secret is for. No control characters.
     type: str
   description:
     description:
       - Human-readable description. Unset keeps the current one; an empty string removes it.
+      - Tabs and newlines are kept; other control characters are refused.
     type: str
   private:
     description: Whether libvirt refuses to reveal the value to clients.
@@ -73,6 +79,9 @@ attributes:
     support: full
     details:
       - The diff lists the secret's properties and whether the value is set; never the value.
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
+    support: full
   platform:
     platforms: posix
 author:
@@ -136,9 +145,10 @@ secret:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
-from ansible_collections.virtops.kvm.plugins.module_utils._secret import USAGE_TYPES, run_secret
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._secret import USAGE_TYPES, ensure_secret
+from ansible_collections.virtops.kvm.plugins.module_utils._xml import require_lxml
 
 
 def main():
@@ -160,7 +170,8 @@ def main():
         required_together=[("usage_type", "usage_id")],
         supports_check_mode=True,
     )
-    run_module(module, run_secret)
+    require_lxml(module)
+    run_module(module, ensure_secret)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,16 @@ description:
   - The source (O(clone_from), O(backing_store), O(upload_from)) is only used when the volume is created;
     an existing volume is compared by capacity, format, backing store and encryption.
   - Uploads stream through libvirt (C(virStorageVolUpload)) in chunks and are checked against O(checksum)
-    while they stream; on a mismatch the new volume is deleted again, nothing is left behind.
+    while they stream; then the volume is read back (C(virStorageVolDownload)) and hashed again, because
+    libvirt does not report a full file system on every pool. On a mismatch, or when any step after
+    creating the volume fails, the new volume is deleted again, so nothing half-made is left behind.
 options:
   pool:
     description: Name of the storage pool. It must exist and be active.
     type: str
     required: true
   name:
-    description: Name of the volume in the pool (for a directory pool, the file name).
+    description: Name of the volume in the pool (for a directory pool, the file name). It may not contain C(/).
     type: str
     required: true
   state:
@@ -34,6 +36,7 @@ options:
       - Virtual size, a number of bytes or a number with a unit (V(10GiB), V(512M), V(1G) are binary; V(1GB) is 10^9 bytes).
       - Needed to create an empty volume. For sources, defaults to the source's size and may not be smaller.
       - A larger value than the volume has grows it; a smaller one fails unless O(allow_shrink=true).
+      - At least 512 bytes; at most 2 PiB for qcow2 (qemu's limit with 64 KiB clusters) and 8 EiB otherwise.
     type: str
   allow_shrink:
     description: Allow O(capacity) to shrink an existing volume (data past the new end is lost).
@@ -62,6 +65,9 @@ options:
   checksum:
     description:
       - Checksum of O(upload_from) as C(<algorithm>:<hex digest>), e.g. C(sha256:9f86d0...). A bare digest is sha256.
+      - The algorithm is one of md5, sha1, sha224, sha256, sha384, sha512, sha3_224, sha3_256, sha3_384, sha3_512,
+        blake2b, blake2s. A blank value, an empty digest, an unknown or variable-length algorithm (shake_128) or a
+        digest of the wrong length fails before anything changes, also in check mode.
     type: str
   validate_certs:
     description: Verify TLS certificates when O(upload_from) is an https URL.
@@ -93,6 +99,9 @@ attributes:
     details:
       - In check mode, O(upload_from) is not read, so its size and format are not known.
   diff_mode:
+    support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
     support: full
   platform:
     platforms: posix
@@ -187,9 +196,9 @@ checksum:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
-from ansible_collections.virtops.kvm.plugins.module_utils._volume import ENCRYPTIONS, FORMATS, run_volume
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._volume import ENCRYPTIONS, FORMATS, ensure_volume
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import require_lxml
 
 
@@ -219,7 +228,7 @@ def main():
         supports_check_mode=True,
     )
     require_lxml(module)
-    run_module(module, run_volume)
+    run_module(module, ensure_volume)
 
 
 if __name__ == "__main__":

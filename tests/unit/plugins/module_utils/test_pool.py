@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import ValidationError
-from ansible_collections.virtops.kvm.plugins.module_utils._pool import manage_pool, prepare_intent
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LibvirtClient, libvirt
+from ansible_collections.virtops.kvm.plugins.module_utils._pool import ensure_pool, prepare_intent
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends
 
 NAME = "virtops-test-pool-unit"
+SYSTEM_NAME = "virtops-test-storage-unit-pool"
 DIR_XML = "<pool type='dir'><target><path>/virtops-test-pool</path></target></pool>"
 
 
@@ -22,8 +25,12 @@ def _clean(test_conn):
         pool.undefine()
 
 
+def manage_pool(client, params, check_mode=False):
+    return ensure_pool(Backends(libvirt=client), params, check_mode)
+
+
 def params(**kw):
-    base = dict(name=NAME, xml=DIR_XML, state="present", autostart=None, build=False, delete_on_absent=False)
+    base = dict(name=NAME, xml=DIR_XML, state="present", autostart=None, build=False, delete_on_absent=False, delete_mounted=False)
     base.update(kw)
     return base
 
@@ -48,7 +55,7 @@ def test_missing_name_is_added():
 
 
 def test_define_build_start_autostart_then_unchanged(test_conn):
-    first = manage_pool(test_conn, params(state="active", build=True, autostart=True), want_diff=True)
+    first = manage_pool(test_conn, params(state="active", build=True, autostart=True))
     assert first["changed"] is True
     assert first["actions"] == ["define", "build", "start", "autostart"]
     assert first["pool"]["state"] == "active"
@@ -60,6 +67,7 @@ def test_define_build_start_autostart_then_unchanged(test_conn):
     again = manage_pool(test_conn, params(state="active", build=True, autostart=True))
     assert again["changed"] is False
     assert again["actions"] == []
+    assert "diff" not in again  # nothing changed: no diff computed
 
 
 def test_check_mode_reports_without_acting(test_conn):
@@ -74,6 +82,8 @@ def test_check_mode_reports_without_acting(test_conn):
     [
         (DIR_XML, False),
         ("<pool type='dir'><name>%s</name><target><path>/virtops-test-pool</path></target></pool>" % NAME, False),
+        ("<pool type='dir'><target><path>/virtops-test-pool/</path></target></pool>", False),
+        ("<pool type='dir'><capacity unit='bytes'>0</capacity><target><path>/virtops-test-pool</path></target></pool>", False),
         ("<pool type='dir'><target><path>/virtops-test-pool-2</path></target></pool>", True),
     ],
 )
@@ -105,3 +115,58 @@ def test_absent(test_conn, delete, actions):
     assert result["pool"] == {}
     assert test_conn.lookup_pool(NAME) is None
     assert manage_pool(test_conn, params(xml=None, state="absent"))["changed"] is False
+
+
+def test_intent_is_normalised_with_a_warning():
+    warnings = []
+    root = prepare_intent(NAME, "<pool type='dir'><capacity>1</capacity><available>1</available><target><path>/p//</path></target></pool>", warnings)
+    assert root.findtext("target/path") == "/p"
+    assert root.find("capacity") is None and root.find("available") is None
+    assert len(warnings) == 2 and "<capacity> is what libvirt reports" in warnings[0]
+
+
+@pytest.mark.parametrize("name", ["a/b", "", " lead", "tab\tname", "nl\n"])
+def test_bad_input_name_fails_in_check_mode_too(test_conn, name):
+    for check_mode in (True, False):
+        with pytest.raises(ValidationError, match=r"pool name .* is not valid"):
+            manage_pool(test_conn, params(name=name, state="active"), check_mode=check_mode)
+    assert [p for p in test_conn.conn.listAllStoragePools() if p.name() == name] == []
+
+
+@pytest.fixture
+def system_conn():
+    """The real libvirtd (test:///default starts any dir pool, whether its directory exists or not)."""
+    if libvirt is None:
+        pytest.skip("libvirt-python is not installed")
+    try:
+        client = LibvirtClient.open("qemu:///system")
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        pytest.skip("qemu:///system unreachable: %s" % exc)
+    yield client
+    pool = client.lookup_pool(SYSTEM_NAME)
+    if pool is not None:
+        if pool.isActive():
+            pool.destroy()
+        pool.undefine()
+    client.close()
+
+
+def test_fault_start_failure_undefines_the_pool_it_defined(system_conn, tmp_path):
+    xml = "<pool type='dir'><target><path>%s</path></target></pool>" % (tmp_path / "missing")
+    p = params(name=SYSTEM_NAME, xml=xml, state="active")
+    assert manage_pool(system_conn, p, check_mode=True)["actions"] == ["define", "start"]
+    with pytest.raises(LibvirtError, match=r"cannot start pool .*; pool %s, which this run defined, was undefined again" % SYSTEM_NAME):
+        manage_pool(system_conn, p)
+    assert system_conn.lookup_pool(SYSTEM_NAME) is None
+    (tmp_path / "missing").mkdir()
+    assert manage_pool(system_conn, p)["pool"]["state"] == "active"  # the rerun converges
+
+
+def test_fault_start_failure_of_an_existing_pool_keeps_it_defined(system_conn, tmp_path):
+    xml = "<pool type='dir'><target><path>%s</path></target></pool>" % (tmp_path / "gone")
+    (tmp_path / "gone").mkdir()
+    manage_pool(system_conn, params(name=SYSTEM_NAME, xml=xml))
+    (tmp_path / "gone").rmdir()
+    with pytest.raises(LibvirtError, match="cannot start pool"):
+        manage_pool(system_conn, params(name=SYSTEM_NAME, xml=xml, state="active"))
+    assert system_conn.lookup_pool(SYSTEM_NAME) is not None  # not ours to undefine

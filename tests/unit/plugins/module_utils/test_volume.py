@@ -2,18 +2,22 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
-import types
+import subprocess
 
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LibvirtClient, libvirt
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends
 from ansible_collections.virtops.kvm.plugins.module_utils._volume import (
-    manage_volume,
-    parse_size,
+    ensure_volume,
     probe_format,
     qcow2_virtual_size,
     volume_xml,
+    wanted_capacity,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml
 
@@ -32,25 +36,57 @@ def _clean(test_conn):
             vol.delete(0)
 
 
-def module(check_mode=False, **kw):
-    params = dict(pool=POOL, name="virtops-test-vol", state="present", capacity=None, allow_shrink=False, format=None, clone_from=None,
-                  backing_store=None, upload_from=None, checksum=None, validate_certs=True, timeout=30, encryption=None, secret=None, wipe=False)
-    params.update(kw)
-    return types.SimpleNamespace(params=params, check_mode=check_mode, _diff=True)
+def params(**kw):
+    base = dict(
+        pool=POOL,
+        name="virtops-test-vol",
+        state="present",
+        capacity=None,
+        allow_shrink=False,
+        format=None,
+        clone_from=None,
+        backing_store=None,
+        upload_from=None,
+        checksum=None,
+        validate_certs=True,
+        timeout=30,
+        encryption=None,
+        secret=None,
+        wipe=False,
+    )
+    base.update(kw)
+    return base
+
+
+def manage_volume(p, client, check_mode=False):
+    return ensure_volume(Backends(libvirt=client), p, check_mode)
 
 
 @pytest.mark.parametrize(
     "text, expected",
     [("1048576", MIB), ("1MiB", MIB), ("1M", MIB), ("1 GiB", 1024 * MIB), ("1GB", 10**9), ("2k", 2048), ("10G", 10 * 1024 * MIB)],
 )
-def test_parse_size(text, expected):
-    assert parse_size(text) == expected
+def test_capacity(text, expected):
+    assert wanted_capacity(dict(capacity=text)) == expected
 
 
-@pytest.mark.parametrize("text", ["ten", "1.5G", "-1G", "1 parsecs"])
-def test_parse_size_refuses_garbage(text):
-    with pytest.raises(ValidationError):
-        parse_size(text)
+@pytest.mark.parametrize(
+    "text, fmt, match",
+    [
+        ("ten", None, "is not a size"),
+        ("1.5G", None, "is not a size"),
+        ("-1G", None, "is not a size"),
+        ("1 parsecs", None, "unknown size unit"),
+        ("0", None, "too small: it must be at least 512 bytes"),
+        ("100", "raw", "too small"),
+        ("8EiB", None, "too large"),
+        ("99999999999999999999999G", "raw", "too large"),
+        ("4PiB", "qcow2", "too large for a qcow2 volume: at most 2PiB"),
+    ],
+)
+def test_bad_input_capacity(text, fmt, match):
+    with pytest.raises(ValidationError, match=match):
+        wanted_capacity(dict(capacity=text), fmt)
 
 
 @pytest.mark.parametrize(
@@ -73,21 +109,22 @@ def test_volume_xml_overlay_and_encryption():
 
 
 def test_create_then_unchanged_then_clone(test_conn):
-    first = manage_volume(module(capacity="1MiB"), test_conn)
+    first = manage_volume(params(capacity="1MiB"), test_conn)
     assert first["changed"] is True
     assert first["actions"] == ["create"]
     assert first["volume"]["capacity"] == MIB
     assert first["volume"]["format"] == "qcow2"
     assert "state: present" in first["diff"]["after"]
-    assert manage_volume(module(capacity="1MiB"), test_conn)["changed"] is False
-    assert manage_volume(module(capacity="1048576"), test_conn)["changed"] is False
-    clone = manage_volume(module(name="virtops-test-vol-clone", clone_from="virtops-test-vol"), test_conn)
+    again = manage_volume(params(capacity="1MiB"), test_conn)
+    assert again["changed"] is False and "diff" not in again
+    assert manage_volume(params(capacity="1048576"), test_conn)["changed"] is False
+    clone = manage_volume(params(name="virtops-test-vol-clone", clone_from="virtops-test-vol"), test_conn)
     assert clone["actions"] == ["create"]
     assert clone["volume"]["capacity"] == MIB
 
 
 def test_check_mode_creates_nothing(test_conn):
-    result = manage_volume(module(check_mode=True, capacity="1MiB"), test_conn)
+    result = manage_volume(params(capacity="1MiB"), test_conn, check_mode=True)
     assert result["changed"] is True
     assert result["volume"] == {}
     pool = test_conn.lookup_pool(POOL)
@@ -103,9 +140,9 @@ def test_check_mode_creates_nothing(test_conn):
     ],
 )
 def test_existing_volume_refuses_what_cannot_change(test_conn, kw, match):
-    manage_volume(module(capacity="1MiB"), test_conn)
+    manage_volume(params(capacity="1MiB"), test_conn)
     with pytest.raises(ValidationError, match=match):
-        manage_volume(module(**kw), test_conn)
+        manage_volume(params(**kw), test_conn)
     vol = test_conn.lookup_volume(test_conn.lookup_pool(POOL), "virtops-test-vol")
     assert vol.info()[1] == MIB
 
@@ -119,21 +156,167 @@ def test_existing_volume_refuses_what_cannot_change(test_conn, kw, match):
         (dict(clone_from="a", upload_from="/b"), "only one of"),
         (dict(upload_from="/virtops-test-nonexistent.img"), "does not exist"),
         (dict(checksum="sha256:00", capacity="1M"), "applies to upload_from only"),
+        (dict(name="a/b", capacity="1M"), "volume name 'a/b' is not valid"),
+        (dict(name="..", capacity="1M"), "is not valid"),
+        (dict(capacity="0"), "too small"),
+        (dict(capacity="3PiB"), "too large for a qcow2 volume"),
+        (dict(upload_from="/x.img", checksum=""), "checksum is blank"),
+        (dict(upload_from="/x.img", checksum="sha256:"), "has no digest"),
+        (dict(upload_from="/x.img", checksum="shake_128:abcd"), "no fixed digest length"),
+        (dict(upload_from="/x.img", checksum="nosuch:abcd"), "unknown algorithm"),
+        (dict(upload_from="relative.img"), "is not absolute"),
         (dict(backing_store="virtops-test-missing"), "is not a volume of pool"),
         (dict(backing_store="/x.qcow2", format="raw"), "cannot have a backing store"),
     ],
 )
 def test_bad_input_creates_nothing(test_conn, kw, match):
-    with pytest.raises(ValidationError, match=match):
-        manage_volume(module(**kw), test_conn)
+    for check_mode in (True, False):  # check mode fails where the real run fails
+        with pytest.raises(ValidationError, match=match):
+            manage_volume(params(**kw), test_conn, check_mode=check_mode)
     pool = test_conn.lookup_pool(POOL)
     assert test_conn.lookup_volume(pool, "virtops-test-vol") is None
 
 
 def test_absent_deletes_and_is_idempotent(test_conn):
-    manage_volume(module(capacity="1MiB"), test_conn)
-    result = manage_volume(module(state="absent"), test_conn)
+    manage_volume(params(capacity="1MiB"), test_conn)
+    result = manage_volume(params(state="absent"), test_conn)
     assert result["actions"] == ["delete"]
     assert result["volume"] == {}
-    assert manage_volume(module(state="absent"), test_conn)["changed"] is False
-    assert manage_volume(module(pool="virtops-test-missing", state="absent"), test_conn)["changed"] is False
+    assert manage_volume(params(state="absent"), test_conn)["changed"] is False
+    assert manage_volume(params(pool="virtops-test-missing", state="absent"), test_conn)["changed"] is False
+
+
+def test_bad_input_tiny_backing_file_is_refused(test_conn, tmp_path):
+    tiny = tmp_path / "tiny.img"
+    tiny.write_bytes(b"x" * 10)
+    for check_mode in (True, False):
+        with pytest.raises(ValidationError, match="holds 10 bytes: a disk image holds at least one 512-byte sector"):
+            manage_volume(params(backing_store=str(tiny)), test_conn, check_mode=check_mode)
+    assert test_conn.lookup_volume(test_conn.lookup_pool(POOL), "virtops-test-vol") is None
+
+
+# ---------------------------------------------------------------- on the real libvirtd (qemu-img's rounding, streams, full file systems)
+
+SYSTEM_POOL = "virtops-test-storage-unit-vol"
+
+
+def _system_client():
+    if libvirt is None:
+        pytest.skip("libvirt-python is not installed")
+    try:
+        return LibvirtClient.open("qemu:///system")
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        pytest.skip("qemu:///system unreachable: %s" % exc)
+
+
+def _start_pool(client, path):
+    xml = "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (SYSTEM_POOL, path)
+    return client.conn.storagePoolCreateXML(xml, 0)
+
+
+@pytest.fixture
+def system_pool(tmp_path):
+    """A transient dir pool on the real libvirtd in a temporary directory."""
+    client = _system_client()
+    (tmp_path / "pool").mkdir()
+    pool = _start_pool(client, tmp_path / "pool")
+    yield client, pool, tmp_path / "pool"
+    for vol in pool.listAllVolumes():
+        vol.delete(0)
+    pool.destroy()
+    client.close()
+
+
+@pytest.fixture
+def full_pool(tmp_path):
+    """A transient dir pool on a 1 MiB tmpfs mounted for this test (root only)."""
+    client = _system_client()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs (needs root)")
+    try:
+        pool = _start_pool(client, mnt)
+        yield client, pool, mnt
+        pool.destroy()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+        client.close()
+
+
+def sys_params(**kw):
+    return params(pool=SYSTEM_POOL, name="v.img", **kw)
+
+
+@pytest.mark.parametrize("capacity, fmt", [("512", "qcow2"), ("1000", "qcow2"), ("513", "raw")])
+def test_small_capacity_is_created_once_and_converges(system_pool, capacity, fmt):
+    client = system_pool[0]
+    first = manage_volume(sys_params(capacity=capacity, format=fmt), client)
+    assert first["changed"] and first["volume"]["capacity"] >= int(capacity)
+    assert manage_volume(sys_params(capacity=capacity, format=fmt), client)["changed"] is False
+
+
+def test_fault_full_pool_upload_fails_clearly_and_leaves_nothing(full_pool, tmp_path):
+    client, pool, mnt = full_pool
+    source = tmp_path / "big.raw"
+    source.write_bytes(os.urandom(2 * MIB))
+    p = params(pool=SYSTEM_POOL, name="big.raw", upload_from=str(source))
+    assert manage_volume(p, client, check_mode=True)["actions"] == ["upload"]
+    # libvirt 9.0 reports ENOSPC on some file systems and stores zeros silently on others (this tmpfs):
+    # either way the run fails, says the pool is full, and removes the volume
+    for _run in range(2):  # the rerun fails the same way: nothing was left behind
+        with pytest.raises(Exception, match=r"(does not hold what was uploaded|No space left on device).* full.*the new volume was removed again"):
+            manage_volume(p, client)
+        pool.refresh(0)
+        assert pool.listVolumes() == [] and os.listdir(mnt) == []
+
+
+class _ZeroingStreams:
+    """A real connection whose upload streams write zeros in place of the data: libvirt's silent short write."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def newStream(self, flags=0):  # libvirt's name
+        return _ZeroingStream(self._conn.newStream(flags))
+
+
+class _ZeroingStream:
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def send(self, data):
+        return self._stream.send(bytes(len(data)))
+
+
+def test_fault_upload_that_stored_zeros_is_caught_by_the_read_back(system_pool, tmp_path):
+    client, pool, path = system_pool
+    source = tmp_path / "data.raw"
+    data = os.urandom(MIB + 4096)
+    source.write_bytes(data)
+    faulty = LibvirtClient(_ZeroingStreams(client.conn), "qemu:///system")
+    p = sys_params(upload_from=str(source), checksum="sha256:" + hashlib.sha256(data).hexdigest())
+    with pytest.raises(HostError, match=r"does not hold what was uploaded.*libvirt reported no error.*the new volume was removed again"):
+        manage_volume(p, faulty)
+    pool.refresh(0)
+    assert pool.listVolumes() == []
+    done = manage_volume(p, client)  # a working upload passes the same read-back
+    assert done["checksum"] == hashlib.sha256(data).hexdigest()
+    assert (path / "v.img").read_bytes() == data
+
+
+def test_fault_oversize_raw_upload_fails_and_leaves_nothing(system_pool, tmp_path):
+    client, pool, _path = system_pool
+    source = tmp_path / "data.raw"
+    source.write_bytes(os.urandom(4096))
+    # ext4 files end at 16 TiB: libvirt cannot make the 32 TiB raw file
+    with pytest.raises(Exception, match=r"cannot create volume v.img .*File too large"):
+        manage_volume(sys_params(upload_from=str(source), capacity="32TiB"), client)
+    pool.refresh(0)
+    assert pool.listVolumes() == []
