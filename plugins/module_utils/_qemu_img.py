@@ -421,6 +421,8 @@ def _create_want(img, req):
 def plan_create(img, req):
     path, fmt = req["path"], req["format"]
     want, size, backing, encrypted = _create_want(img, req)
+    if os.path.islink(path):
+        _check_new_file_target(path, "create")
     info = img.info(path)
     have = summary(info)
     mismatches = []

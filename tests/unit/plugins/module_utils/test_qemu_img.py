@@ -4,14 +4,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import stat
 import subprocess
+import sys
+import time
 
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _qemu_img as q
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import CommandError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import CommandError, HostError, ValidationError
 from ansible_collections.virtops.kvm.plugins.module_utils._qemu_img_info import ensure_qemu_img_info
 from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends
 
@@ -321,3 +326,279 @@ def test_bitmaps(img, tmp_path):
     absent = params(path, action="bitmap", bitmap="b1", bitmap_state="absent")
     assert apply(img, absent)["changed"] and not apply(img, absent)["changed"]
     assert list(apply(img, params(path))["summary"]["bitmaps"]) == ["b2"]
+
+
+# ---------------------------------------------------------------- regression tests of the reliability issue
+
+
+def _leftovers(directory):
+    return sorted(name for name in os.listdir(directory) if name.startswith(".virtops-"))
+
+
+def _raw_source(path, size=4 << 20):
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        handle.seek(1 << 20)
+        handle.write(os.urandom(256 << 10))
+
+
+def test_fault_convert_does_not_follow_a_symlink_planted_at_the_old_temp_name(img, tmp_path):
+    """The old code wrote to <path>.virtops-convert-<pid> without O_EXCL: root overwrote the link's target."""
+    src, dst = tmp_path / "src.raw", tmp_path / "dst.qcow2"
+    _raw_source(src)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    os.symlink(str(victim), "%s.virtops-convert-%d" % (dst, os.getpid()))
+    result = apply(img, params(dst, action="convert", source=str(src)))
+    assert result["changed"] and result["summary"]["format"] == "qcow2"
+    assert victim.read_bytes() == b"precious"
+    assert _leftovers(tmp_path) == [] and os.path.islink("%s.virtops-convert-%d" % (dst, os.getpid()))
+    convert = next(call for call in img.runner.calls if call[1] == "convert")
+    written = convert[-1]
+    assert os.path.basename(os.path.dirname(written)).startswith(".virtops-qemu-img-")
+    assert os.path.dirname(os.path.dirname(written)) == str(tmp_path)
+
+
+@pytest.mark.parametrize("action", ["create", "convert"])
+def test_bad_input_symlink_destination_is_refused(img, tmp_path, action):
+    src = tmp_path / "src.raw"
+    _raw_source(src)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    link = tmp_path / "link.qcow2"
+    os.symlink(str(victim), str(link))
+    kw = dict(source=str(src)) if action == "convert" else dict(size="1M")
+    for check_mode in (True, False):
+        with pytest.raises(ValidationError, match="is a symbolic link"):
+            apply(img, params(link, action=action, **kw), check_mode=check_mode)
+    assert victim.read_bytes() == b"precious" and os.path.islink(link)
+
+
+def test_replacing_keeps_mode_and_owner(img, tmp_path):
+    src, dst = tmp_path / "src.raw", tmp_path / "dst.qcow2"
+    _raw_source(src)
+    apply(img, params(dst, action="create", size="1M"))
+    os.chmod(dst, 0o640)
+    assert apply(img, params(dst, action="convert", source=str(src)))["changed"]
+    assert stat.S_IMODE(os.stat(dst).st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(size="2E"), "qemu-img refuses a qcow2 image of 2305843009213693952 bytes"),
+        (dict(size="1M", extent_size_hint="8G"), "Extent size hint is too large"),
+        (dict(size="1M", cluster_size="3000"), "cluster_size 3000 is not a power of two"),
+        (dict(size="1M", cluster_size="4M"), "cluster_size 4194304 is not a power of two"),
+        (dict(size="1M", format="raw", preallocation="metadata"), "preallocation=metadata is for qcow2 and luks"),
+        (dict(size="1M", format="raw", cluster_size="64K"), "cluster_size is a qcow2 and qed option"),
+        (dict(size="1M", format="luks", secret="x", iter_time=0), "iter_time 0 is not between"),
+        (dict(size="1M", backing_format="qcow3"), "backing_format 'qcow3' is not an image format"),
+        (dict(size="1M", format="vpc"), None),
+        (dict(size="3T", format="vpc"), "qemu-img refuses a vpc image"),
+        (dict(size="1M", path_suffix="\n"), "contains control characters"),
+    ],
+)
+def test_bad_input_create_fails_in_check_mode_as_in_the_real_run(img, tmp_path, kw, message):
+    kw = dict(kw)
+    path = str(tmp_path / ("ba%sd.img" % kw.pop("path_suffix", "")))
+    p = params(path, action="create", **kw)
+    if message is None:  # the control case: accepted in both modes
+        assert apply(img, p, check_mode=True)["changed"] and apply(img, p)["changed"]
+        return
+    for check_mode in (True, False):
+        with pytest.raises(ValidationError, match=message):
+            apply(img, p, check_mode=check_mode)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(format="raw", compress=True), "compress=true needs a format with compressed clusters"),
+        (dict(format="vdi", compression_type="zstd"), "compression_type is a qcow2 option"),
+        (dict(source_format="vmdk"), r"is a raw image, not vmdk \(source_format\)"),
+    ],
+)
+def test_bad_input_convert_fails_in_check_mode_as_in_the_real_run(img, tmp_path, kw, message):
+    src = tmp_path / "src.raw"
+    _raw_source(src)
+    p = params(tmp_path / "dst.img", action="convert", source=str(src), **kw)
+    for check_mode in (True, False):
+        with pytest.raises(ValidationError, match=message):
+            apply(img, p, check_mode=check_mode)
+    assert sorted(os.listdir(tmp_path)) == ["src.raw"]
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(action="resize", size="2E"), "qemu-img refuses a qcow2 image"),
+        (dict(action="bitmap", bitmap="b", granularity="1000"), "granularity 1000 is not a power of two"),
+        (dict(action="bitmap", bitmap="b", granularity="4G"), "granularity 4294967296 is not a power of two"),
+        (dict(action="bitmap", bitmap=""), "bitmap name '' is not valid"),
+        (dict(action="bitmap", bitmap="x" * 1024), "is not valid: 1 to 1023 characters"),
+        (dict(action="amend", secret="a", new_secret="b", keyslot=8), "keyslot 8 does not exist"),
+    ],
+)
+def test_bad_input_other_actions_fail_in_check_mode_as_in_the_real_run(img, tmp_path, kw, message):
+    path = tmp_path / "i.qcow2"
+    apply(img, params(path, action="create", size="1M"))
+    before = apply(img, params(path))["image"]
+    for check_mode in (True, False):
+        with pytest.raises(ValidationError, match=message):
+            apply(img, params(path, **kw), check_mode=check_mode)
+    assert apply(img, params(path))["image"] == before
+
+
+def test_bad_input_info_action_is_gone(img, tmp_path):
+    with pytest.raises(ValidationError, match="reading an image is the qemu_img_info module"):
+        q.ensure_qemu_img(img.backends, params(tmp_path / "x.qcow2", action="info"), False)
+
+
+def test_qemu_img_info_reads_the_backing_chain(img, tmp_path):
+    apply(img, params(tmp_path / "base.raw", action="create", format="raw", size="2M"))
+    apply(img, params(tmp_path / "top.qcow2", action="create", backing_file="base.raw"))
+    result = ensure_qemu_img_info(img.backends, {"path": str(tmp_path / "top.qcow2"), "backing_chain": True}, True)
+    assert result["changed"] is False and result["exists"]
+    assert [link["summary"]["format"] for link in result["chain"]] == ["qcow2", "raw"]
+    assert result["summary"]["backing_file"] == str(tmp_path / "base.raw")
+    assert ensure_qemu_img_info(img.backends, {"path": str(tmp_path / "none"), "backing_chain": True}, False)["chain"] == []
+
+
+def test_bad_input_qemu_img_info_of_a_directory(img, tmp_path):
+    with pytest.raises(ValidationError, match="is a directory, not a disk image"):
+        ensure_qemu_img_info(img.backends, {"path": str(tmp_path)}, False)
+    with pytest.raises(ValidationError, match="is not absolute"):
+        ensure_qemu_img_info(img.backends, {"path": "relative.qcow2"}, False)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 2 MiB tmpfs (needs root); the test may remount it read-only."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, check=False).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_fault_convert_onto_a_full_file_system_keeps_the_old_image(img, tmp_path, small_fs):
+    src, dst = tmp_path / "src.raw", small_fs / "dst.qcow2"
+    with open(src, "wb") as handle:
+        handle.write(os.urandom(4 << 20))
+    apply(img, params(dst, action="create", size="1M"))
+    with pytest.raises((HostError, CommandError), match=r"No space left|is full"):
+        apply(img, params(dst, action="convert", source=str(src)))
+    assert apply(img, params(dst))["summary"]["virtual_size"] == 1 << 20
+    assert _leftovers(small_fs) == []
+
+
+def test_fault_read_only_directory_fails_clearly_in_check_mode_too(img, tmp_path, small_fs):
+    src = tmp_path / "src.raw"
+    _raw_source(src)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    for check_mode in (True, False):
+        with pytest.raises(HostError, match="is on a read-only file system; nothing was changed"):
+            apply(img, params(small_fs / "dst.qcow2", action="convert", source=str(src)), check_mode=check_mode)
+        with pytest.raises(HostError, match="is on a read-only file system"):
+            apply(img, params(small_fs / "new.qcow2", action="create", size="1M"), check_mode=check_mode)
+
+
+KILL_SCRIPT = r"""
+import shutil, subprocess, sys
+from ansible_collections.virtops.kvm.plugins.module_utils import _qemu_img as q
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends
+
+class Runner:
+    which = staticmethod(shutil.which)
+    def run(self, args, check=True, data=None, what=None):
+        proc = subprocess.run(args, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+params = dict(path=sys.argv[1], action=sys.argv[2], format="luks", size="4M", secret=sys.argv[3], new_secret=sys.argv[4],
+              old_secret=None, keyslot=None, keyslot_state="active", iter_time=int(sys.argv[5]), encrypt=False, backing_file=None,
+              backing_format=None, compression_type=None, preallocation=None, extent_size_hint=None, cluster_size=None, source=None,
+              source_format=None, compress=False, allow_shrink=False, force=False, bitmap=None, bitmap_state="present",
+              granularity=None, merge_from=None)
+q.ensure_qemu_img(Backends(commands=Runner(), netlink=None), params, False)
+"""
+
+
+def _children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                    cmdline = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append((int(entry), cmdline))
+    return found
+
+
+def _files_holding(directories, needle):
+    hits = []
+    for directory in directories:
+        for root, _dirs, files in os.walk(directory):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    with open(path, "rb") as handle:
+                        if needle in handle.read():
+                            hits.append(path)
+                except OSError:
+                    pass
+    return hits
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+@pytest.mark.parametrize("action", ["create", "amend"])
+def test_fault_killed_during_luks_work_leaves_no_passphrase(img, tmp_path, signum, action):
+    """kill -9 / SIGTERM while the real qemu-img derives a LUKS key: no passphrase file, ever, anywhere we write."""
+    images, tmp = tmp_path / "images", tmp_path / "tmp"
+    images.mkdir()
+    tmp.mkdir()
+    path = images / "enc.luks"
+    first, second = "first-%s" % os.urandom(8).hex(), "second-%s" % os.urandom(8).hex()
+    if action == "amend":
+        apply(img, params(path, action="create", format="luks", size="4M", secret=first, iter_time=10))
+    env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path), action, first, second, "20000"], env=env)
+    qemu = None
+    try:
+        for _attempt in range(600):
+            qemu = next((c for c in _children(proc.pid) if c[1] and c[1][0].endswith(b"qemu-img") and action.encode() in c[1]), None)
+            if qemu or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert qemu is not None, "qemu-img %s never started" % action
+        cmdline = b" ".join(qemu[1])
+        assert first.encode() not in cmdline and second.encode() not in cmdline
+        assert b"file=/proc/%d/fd/" % proc.pid in cmdline
+        # while qemu-img works, no file holds the passphrase
+        assert _files_holding([str(images), str(tmp)], first.encode()) == []
+        os.kill(proc.pid, signum)
+        assert proc.wait(timeout=60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if qemu is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(qemu[0], signal.SIGKILL)
+    for _attempt in range(100):
+        if not os.path.exists("/proc/%d" % qemu[0]):
+            break
+        time.sleep(0.05)
+    assert _files_holding([str(images), str(tmp)], first.encode()) == []
+    assert _files_holding([str(images), str(tmp)], second.encode()) == []
+    if action == "create" and signum == signal.SIGTERM:
+        assert os.listdir(images) == []  # the private directory went with the signal; no half-made image
+    if action == "amend":
+        assert apply(img, params(path))["summary"]["active_keyslots"] == [0]
