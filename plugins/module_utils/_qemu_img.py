@@ -488,6 +488,8 @@ def plan_convert(img, req):
     source_format = req.get("source_format") or source_info["format"]
     if source_format != source_info["format"]:
         raise ValidationError("source %s is a %s image, not %s (source_format)" % (source, source_info["format"], source_format))
+    if os.path.islink(path):
+        _check_new_file_target(path, "convert")
     if os.path.realpath(source) == os.path.realpath(path):
         raise ValidationError("source and path are the same file (%s); convert into another file" % path)
     info = img.info(path)

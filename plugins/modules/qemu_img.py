@@ -16,10 +16,10 @@ description:
   - For volumes inside libvirt storage pools use M(virtops.kvm.volume) instead.
   - To read an image without changing it, use M(virtops.kvm.qemu_img_info).
   - Passphrases reach qemu-img only through C(--object secret,file=/proc/<pid>/fd/<n>) of an anonymous
-    in-memory file (memfd) the module holds: never on disk, never on a command line, and gone with the
+    in-memory file (memfd) the module holds; never on disk, never on a command line, and gone with the
     process however it ends (C(kill -9) included).
-  - The whole request is validated before anything changes, in check mode too: sizes, formats, and the
-    options a format takes. Input only qemu-img can judge (a size too large for the format, an extent
+  - The whole request is validated before anything changes, in check mode too (sizes, formats, and the
+    options a format takes). Input only qemu-img can judge (a size too large for the format, an extent
     size hint it refuses) is tried by letting qemu-img create a throwaway image with the same settings,
     without preallocation, in a private temporary directory beside O(path) that is removed at once.
 options:
@@ -38,7 +38,7 @@ options:
         and O(cluster_size) only apply when the image is created.
       - V(convert) writes O(source) converted to O(format) at O(path), unless O(path) already has that
         format, the same virtual size and the same content per C(qemu-img compare). A destination that
-        differs is replaced: qemu-img writes into a private directory (mode 0700, made with C(mkdtemp))
+        differs is replaced; qemu-img writes into a private directory (mode 0700, made with C(mkdtemp))
         beside O(path), and the result is renamed into place, keeping the replaced file's mode and owner.
       - V(resize) sets the virtual size to O(size); shrinking needs O(allow_shrink=true).
       - V(amend) adds (O(keyslot_state=active)) or removes (O(keyslot_state=inactive)) a LUKS keyslot
@@ -57,7 +57,7 @@ options:
     choices: [qcow2, raw, luks, vmdk, vdi, vhdx, vpc, qed]
   size:
     description:
-      - Virtual size for O(action=create) and O(action=resize): bytes, or a whole number with a unit.
+      - Virtual size for O(action=create) and O(action=resize), in bytes or as a whole number with a unit.
         V(K), V(M), V(G), V(T), V(P), V(E) and V(KiB), V(MiB)... are powers of 1024 (V(10G) = V(10GiB) = 10 x 1024^3);
         V(KB), V(MB), V(GB)... are powers of 1000 (V(10GB) = 10 x 1000^3), as libvirt reads them.
       - qemu-img rounds a size up to whole 512-byte sectors.
