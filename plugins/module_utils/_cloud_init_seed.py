@@ -305,16 +305,28 @@ class VolumeTarget:
             capacity = self.client.call("cannot read volume %s" % self.volume_name, self.volume.info)[1]
             if capacity < len(data):
                 self.client.call("cannot grow volume %s" % self.volume_name, self.volume.resize, len(data), 0)
-        self._upload(data)
-        if self._download(len(data)) != data:
+        try:
+            self._upload(data)
+            stored = self._download(len(data))
+        except BaseException:
+            self._drop_created()
+            raise
+        if stored != data:
             what = "the volume was removed" if self.created else "the volume now holds a damaged seed: free space in the pool and run again"
-            if self.created:
-                self.remove()
-                self.volume = None
+            self._drop_created()
             raise HostError(
                 "uploaded the seed into volume %s of pool %s, but reading it back gave other bytes (is the pool full?); %s"
                 % (self.volume_name, self.pool_name, what)
             )
+
+    def _drop_created(self):
+        """Delete the volume this run created for an upload that failed (an old volume is left for the error to name)."""
+        if self.created and self.volume is not None:
+            try:
+                self.remove()
+            except Exception:  # pylint: disable=broad-exception-caught  # the upload's own error is the one to report
+                pass
+            self.volume = None
 
     def _upload(self, data):
         stream = self.client.call("cannot open a stream", self.client.conn.newStream, 0)

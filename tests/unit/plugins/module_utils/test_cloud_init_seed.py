@@ -191,3 +191,56 @@ def test_absent_volume_reads_as_absent(test_conn):
     target = ci.VolumeTarget(test_conn, "default-pool", "virtops-test-seed.iso")
     assert target.read() == (False, None)
     assert target.describe() == {"pool": "default-pool", "volume": "virtops-test-seed.iso", "path": None}
+
+
+def test_fault_upload_into_a_full_pool_is_read_back_and_fails(small_fs):
+    """Real libvirtd, a dir pool on a 256 KiB tmpfs, the free-space check bypassed: the upload itself must not report success."""
+    from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
+    from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LibvirtClient, libvirt
+
+    if libvirt is None or not os.path.exists("/run/libvirt/libvirt-sock"):
+        pytest.skip("needs libvirt-python and the real libvirtd")
+    name = "virtops-test-seed-unit-full"
+    subprocess.run(["virsh", "-c", "qemu:///system", "pool-create-as", name, "dir", "--target", str(small_fs)], check=True, capture_output=True)
+    try:
+        with LibvirtClient.open("qemu:///system") as client:
+            target = ci.VolumeTarget(client, name, "big.iso")
+            files = ci.render_files(params(user_data="#cloud-config\n# " + os.urandom(300 << 10).hex() + "\n"))
+            iso = ci.build_iso(files, ci.content_digest(files))
+            with pytest.raises(HostError, match="storage pool virtops-test-seed-unit-full has"):
+                target.check_writable(len(iso))
+            with pytest.raises((HostError, LibvirtError)) as failed:
+                target.write(iso)
+            client.call("refresh", target.pool.refresh, 0)
+            assert client.lookup_volume(target.pool, "big.iso") is None
+            print("full pool upload failed with: %s" % failed.value.msg)
+    finally:
+        subprocess.run(["virsh", "-c", "qemu:///system", "pool-destroy", name], check=False, capture_output=True)
+
+
+class _ZeroVolume(ci.VolumeTarget):
+    """A volume whose stream 'succeeds' and then holds zeros, as libvirt 9.0's did on a full sparse target."""
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        self.volume_name, self.pool_name, self.created, self.removed = "seed.iso", "p", True, False
+        self.volume = object()
+
+    def _upload(self, data):
+        pass
+
+    def _download(self, length):
+        return bytes(length)
+
+    def remove(self):
+        self.removed = True
+
+
+def test_fault_upload_that_reads_back_other_bytes_fails_and_removes_the_new_volume():
+    target = _ZeroVolume()
+    target.volume = None
+    target.created = False
+    target.client = type("C", (), {"call": staticmethod(lambda _what, func, *args: func(*args))})()
+    target.pool = type("P", (), {"createXML": staticmethod(lambda _xml, _flags: object())})()
+    with pytest.raises(HostError, match=r"reading it back gave other bytes .*the volume was removed"):
+        target.write(b"seed bytes")
+    assert target.removed and target.volume is None
