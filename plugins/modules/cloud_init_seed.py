@@ -14,13 +14,37 @@ description:
     pycdlib Python library; no genisoimage or xorriso is needed.
   - Writes the ISO to O(path), or uploads it into the raw volume O(volume) of the existing storage
     pool O(pool) through libvirt's stream API (created, or grown, as needed).
+  - Replaces or removes only a seed. An existing file or volume at O(path) or O(volume) that is not an
+    ISO 9660 image with volume id C(cidata) (a data disk, say) is refused unless O(force=true).
+  - An upload into a volume is read back and compared; a pool too full for the seed fails before anything
+    is written, and a short write found by the read-back fails clearly (a volume the task created is removed).
   - Rebuilds only when the content changes. A SHA-256 digest of the files is stored in the ISO's
     application identifier and read back from the file or the volume on the next run; ISO bytes
     themselves differ on every build because of timestamps.
 options:
   path:
-    description: Where to write the ISO. Mutually exclusive with O(pool) and O(volume).
+    description:
+      - Where to write the ISO, an absolute path to a file (not a directory or a symbolic link) in an existing directory.
+        Mutually exclusive with O(pool) and O(volume).
     type: path
+  mode:
+    description:
+      - Octal mode of the file at O(path), for example V('0600'). Without it a new file gets C(0666) minus the umask
+        and a replaced one keeps its mode. user-data often carries credentials; V('0600') keeps it private
+        (libvirt's dynamic ownership lets QEMU read it).
+    type: raw
+  owner:
+    description: Owner (name or uid) of the file at O(path).
+    type: str
+  group:
+    description: Group (name or gid) of the file at O(path).
+    type: str
+  force:
+    description:
+      - Overwrite (O(state=present)) or delete (O(state=absent)) a file or volume that is not a cloud-init seed.
+        A volume that is not a raw seed is deleted and created again as a raw one.
+    type: bool
+    default: false
   pool:
     description: Storage pool (must exist and be active) holding O(volume).
     type: str
@@ -46,16 +70,18 @@ options:
     description: The C(vendor-data) file, a dict (cloud-config, written with its header) or a string. Left out when omitted.
     type: raw
   state:
-    description: Whether the seed exists. V(absent) removes the file or deletes the volume.
+    description: Whether the seed exists. V(absent) removes the file or deletes the volume, when it is a seed (or with O(force=true)).
     type: str
     choices: [present, absent]
     default: present
 extends_documentation_fragment:
-  - ansible.builtin.files
   - virtops.kvm._libvirt
   - virtops.kvm._attributes
 attributes:
   check_mode:
+    support: full
+  idempotent:
+    description: When run twice in a row with the same arguments, the second run reports no change.
     support: full
   diff_mode:
     support: full
@@ -68,8 +94,7 @@ requirements:
   - PyYAML to write dicts as YAML (without it they are written as JSON, which cloud-init reads as YAML too)
   - libvirt-python for O(pool) and O(volume)
 notes:
-  - The file attributes (O(mode), O(owner), ...) apply to O(path) only. A new file's mode follows the umask when O(mode) is not set;
-    user-data often carries credentials, so set O(mode=0600) (libvirt's dynamic ownership lets QEMU read it).
+  - O(mode), O(owner) and O(group) apply to O(path) only.
   - O(uri) is used only with O(pool) and O(volume).
 author:
   - virtops.kvm maintainers (@virtops)
@@ -133,9 +158,9 @@ exists:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._cloud_init import run_cloud_init_seed
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._cloud_init_seed import ensure_cloud_init_seed
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 
 
 def main():
@@ -148,6 +173,10 @@ def main():
         network_config=dict(type="raw"),
         vendor_data=dict(type="raw"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
+        mode=dict(type="raw"),
+        owner=dict(type="str"),
+        group=dict(type="str"),
+        force=dict(type="bool", default=False),
     )
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     module = AnsibleModule(
@@ -155,10 +184,9 @@ def main():
         required_one_of=[("path", "pool")],
         mutually_exclusive=[("path", "pool"), ("path", "volume")],
         required_together=[("pool", "volume")],
-        add_file_common_args=True,
         supports_check_mode=True,
     )
-    run_module(module, run_cloud_init_seed)
+    run_module(module, ensure_cloud_init_seed)
 
 
 if __name__ == "__main__":

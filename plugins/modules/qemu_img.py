@@ -14,31 +14,42 @@ description:
     for the difference, so running a task twice changes nothing the second time. Check mode makes the
     same comparison and stops before qemu-img changes anything.
   - For volumes inside libvirt storage pools use M(virtops.kvm.volume) instead.
-  - Passphrases are passed to qemu-img only as C(--object secret,file=...) files of mode 0600 in a
-    private temporary directory removed afterwards, never on a command line.
+  - To read an image without changing it, use M(virtops.kvm.qemu_img_info).
+  - Passphrases reach qemu-img only through C(--object secret,file=/proc/<pid>/fd/<n>) of an anonymous
+    in-memory file (memfd) the module holds; never on disk, never on a command line, and gone with the
+    process however it ends (C(kill -9) included).
+  - The whole request is validated before anything changes, in check mode too (sizes, formats, and the
+    options a format takes). Input only qemu-img can judge (a size too large for the format, an extent
+    size hint it refuses) is tried by letting qemu-img create a throwaway image with the same settings,
+    without preallocation, in a private temporary directory beside O(path) that is removed at once.
 options:
   path:
-    description: The image. For O(action=convert), the destination.
+    description:
+      - The image, an absolute path. For O(action=convert), the destination.
+      - For O(action=create) and O(action=convert), O(path) must not be a symbolic link (the module does not
+        write through links) and its directory must exist.
     type: path
     required: true
   action:
     description:
-      - V(info) reads the image and changes nothing (RV(exists) is V(false) when there is no file).
       - V(create) creates the image unless one with the same format, size, backing file, compression
         type and encryption is already there. An existing image that differs is an error unless
         O(force=true), which recreates it (its data is lost). O(preallocation), O(extent_size_hint)
         and O(cluster_size) only apply when the image is created.
       - V(convert) writes O(source) converted to O(format) at O(path), unless O(path) already has that
         format, the same virtual size and the same content per C(qemu-img compare). A destination that
-        differs is replaced (written to a temporary file beside it, then moved into place).
+        differs is replaced; qemu-img writes into a private directory (mode 0700, made with C(mkdtemp))
+        beside O(path), and the result is renamed into place, keeping the replaced file's mode and owner.
       - V(resize) sets the virtual size to O(size); shrinking needs O(allow_shrink=true).
       - V(amend) adds (O(keyslot_state=active)) or removes (O(keyslot_state=inactive)) a LUKS keyslot
         of a C(luks) image or an encrypted qcow2 image.
       - V(bitmap) adds, removes, enables, disables a persistent dirty bitmap of a qcow2 image, and
         merges other bitmaps into it (O(merge_from)).
     type: str
-    choices: [info, create, convert, resize, amend, bitmap]
-    default: info
+      - The former V(info) is the module M(virtops.kvm.qemu_img_info).
+    type: str
+    choices: [create, convert, resize, amend, bitmap]
+    required: true
   format:
     description:
       - Image format to create (O(action=create)) or convert to (O(action=convert)). Defaults to V(qcow2).
@@ -46,12 +57,16 @@ options:
     choices: [qcow2, raw, luks, vmdk, vdi, vhdx, vpc, qed]
   size:
     description:
-      - Virtual size for O(action=create) and O(action=resize), in bytes or with a K, M, G, T, P or E
-        suffix (powers of 1024, as qemu-img reads them; V(10G), V(10GiB) and V(10GB) are all 10 x 1024^3).
+      - Virtual size for O(action=create) and O(action=resize), in bytes or as a whole number with a unit.
+        V(K), V(M), V(G), V(T), V(P), V(E) and V(KiB), V(MiB)... are powers of 1024 (V(10G) = V(10GiB) = 10 x 1024^3);
+        V(KB), V(MB), V(GB)... are powers of 1000 (V(10GB) = 10 x 1000^3), as libvirt reads them.
+      - qemu-img rounds a size up to whole 512-byte sectors.
       - With O(backing_file) and no O(size), the new image takes the backing file's size.
     type: str
   backing_file:
-    description: Backing file of a new qcow2 overlay (O(action=create)). A relative path is relative to O(path)'s directory.
+    description:
+      - Backing file of a new qcow2 overlay (O(action=create)). A relative path is relative to O(path)'s
+        directory and is stored as given in the overlay.
     type: path
   backing_format:
     description: Format of O(backing_file); read from the backing file when omitted.
@@ -61,14 +76,17 @@ options:
     type: str
     choices: [zlib, zstd]
   preallocation:
-    description: Preallocation mode for O(action=create), O(action=convert) and growing with O(action=resize).
+    description:
+      - Preallocation mode for O(action=create), O(action=convert) and growing with O(action=resize).
+      - V(metadata) is for qcow2 and luks images only.
     type: str
     choices: ["off", metadata, falloc, full]
   extent_size_hint:
     description: Extent size hint for the image file on creation (for example V(1M)); not visible in C(qemu-img info) afterwards.
+      Same units as O(size).
     type: str
   cluster_size:
-    description: qcow2 cluster size on creation (for example V(64K)).
+    description: qcow2 or qed cluster size on creation (for example V(64K)), a power of two from 512 bytes to 2 MiB.
     type: str
   encrypt:
     description:
@@ -105,7 +123,7 @@ options:
     choices: [active, inactive]
     default: active
   iter_time:
-    description: Milliseconds of PBKDF iterations for a new LUKS keyslot (O(action=create), O(action=amend)); qemu's default is 2000.
+    description: Milliseconds of PBKDF iterations for a new LUKS keyslot (O(action=create), O(action=amend)), 1 to 3600000; qemu's default is 2000.
     type: int
   source:
     description: Image to convert from (O(action=convert)).
@@ -114,7 +132,7 @@ options:
     description: Format of O(source); read from the file when omitted (and checked when given).
     type: str
   compress:
-    description: Write compressed clusters (C(qemu-img convert -c)); only formats that support it (qcow2).
+    description: Write compressed clusters (C(qemu-img convert -c)); only formats that support it (qcow2, vmdk).
     type: bool
     default: false
   allow_shrink:
@@ -138,7 +156,8 @@ options:
     choices: [present, absent, enabled, disabled]
     default: present
   granularity:
-    description: Granularity of a new bitmap (for example V(64K)); an existing bitmap with another granularity is an error.
+    description: Granularity of a new bitmap (for example V(64K)), a power of two from 512 bytes to 2 GiB; an existing bitmap with another
+      granularity is an error.
     type: str
   merge_from:
     description:
@@ -152,6 +171,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+  idempotent:
+    description: When run twice in a row with the same arguments, the second run reports no change.
+    support: full
   diff_mode:
     support: full
     details:
@@ -160,6 +182,10 @@ attributes:
     platforms: posix
 requirements:
   - qemu-img and, for O(merge_from), qemu-nbd (Debian/Ubuntu package C(qemu-utils))
+  - Linux for passing passphrases in memory (memfd); elsewhere they go to 0600 files in a private 0700 temporary directory
+seealso:
+  - module: virtops.kvm.qemu_img_info
+  - module: virtops.kvm.volume
 notes:
   - Actions that write (create over an existing image, resize, amend, bitmap) need the image not to be
     in use by a running guest; qemu-img's own lock error is returned when it is.
@@ -245,20 +271,21 @@ reasons:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
-from ansible_collections.virtops.kvm.plugins.module_utils._qemu_img import ACTIONS, FORMATS, run_qemu_img
+from ansible_collections.virtops.kvm.plugins.module_utils._image import FORMATS
+from ansible_collections.virtops.kvm.plugins.module_utils._qemu_img import ACTIONS, PREALLOCATIONS, ensure_qemu_img
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 
 
 def main():
     argument_spec = dict(
         path=dict(type="path", required=True),
-        action=dict(type="str", choices=list(ACTIONS), default="info"),
+        action=dict(type="str", choices=list(ACTIONS), required=True),
         format=dict(type="str", choices=list(FORMATS)),
         size=dict(type="str"),
         backing_file=dict(type="path"),
         backing_format=dict(type="str"),
         compression_type=dict(type="str", choices=["zlib", "zstd"]),
-        preallocation=dict(type="str", choices=["off", "metadata", "falloc", "full"]),
+        preallocation=dict(type="str", choices=list(PREALLOCATIONS)),
         extent_size_hint=dict(type="str"),
         cluster_size=dict(type="str"),
         encrypt=dict(type="bool", default=False),
@@ -287,7 +314,7 @@ def main():
         ],
         supports_check_mode=True,
     )
-    run_module(module, run_qemu_img)
+    run_module(module, ensure_qemu_img)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ def main(path):
             out = io.BytesIO()
             iso.get_file_from_iso_fp(out, rr_path="/" + name)
             files[name] = out.getvalue().decode()
-    result = {"label": iso.pvd.volume_identifier.decode().strip(), "joliet": iso.has_joliet(), "rock_ridge": iso.has_rock_ridge() is not None,
-              "files": files}
+    result = {"label": iso.pvd.volume_identifier.decode().strip(), "joliet": iso.has_joliet(), "rock_ridge": iso.has_rock_ridge() is not None, "files": files}
     iso.close()
     print(json.dumps(result))
 
