@@ -13,18 +13,17 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
     live_equivalence,
     machine_aliases,
     referenced_storage,
-    schema_validator,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import SchemaCheck, find_domain_schema
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends, finish
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, read_last_applied
 
 NAME = "virtops-test-domain-unit"
 
 
 def domain_xml(memory="192", unit="MiB", *, disks=("vda",), tmp="/tmp", name=NAME, extra=""):
-    disk_xml = "".join(
-        "<disk type='file' device='disk'><source file='%s/%s.img'/><target dev='%s'/></disk>" % (tmp, dev, dev) for dev in disks
-    )
+    disk_xml = "".join("<disk type='file' device='disk'><source file='%s/%s.img'/><target dev='%s'/></disk>" % (tmp, dev, dev) for dev in disks)
     return (
         "<domain type='test'><name>%s</name><memory%s>%s</memory><vcpu>1</vcpu><os><type>hvm</type></os>%s"
         "<devices>%s<interface type='network'><source network='default'/></interface></devices></domain>"
@@ -50,14 +49,34 @@ def _clean(test_conn):
 
 
 def params(**kwargs):
-    base = dict(name=NAME, xml=domain_xml(), state="present", autostart=None, shutdown_timeout=5, force=False, apply="next_boot",
-                save_path=None, restore_from=None, remove_storage=False)
+    base = dict(
+        name=NAME,
+        xml=domain_xml(),
+        domains=None,
+        state="present",
+        autostart=None,
+        shutdown_timeout=5,
+        force=False,
+        apply="next_boot",
+        save_path=None,
+        restore_from=None,
+        remove_storage=False,
+        uri="test:///default",
+    )
     base.update(kwargs)
     return base
 
 
+def run_raw(conn, check=False, **kwargs):
+    """The entry point's own result (diff always there, warnings as a list)."""
+    return ensure_domain(Backends(libvirt=conn), params(**kwargs), check)
+
+
 def run(conn, check=False, **kwargs):
-    return ensure_domain(conn, params(**kwargs), check_mode=check, want_diff=True)
+    """What the module returns in diff mode: run_module's finish() drops the diff when nothing changed."""
+    result, warnings = finish(run_raw(conn, check, **kwargs), True)
+    result["warnings"] = warnings
+    return result
 
 
 def test_define_then_idempotent(test_conn):
@@ -77,7 +96,7 @@ def test_equal_sizes_in_other_units_are_no_change(test_conn, memory, unit):
     run(test_conn)
     result = run(test_conn, xml=domain_xml(memory=memory, unit=unit))
     # the stored intent changes (so the next removal is computed right), the configuration does not
-    assert "<memory unit=\"KiB\">196608</memory>" in result["xml"]
+    assert '<memory unit="KiB">196608</memory>' in result["xml"]
 
 
 def test_memory_change_is_predicted_and_applied(test_conn):
@@ -85,7 +104,7 @@ def test_memory_change_is_predicted_and_applied(test_conn):
     check = run(test_conn, check=True, xml=domain_xml(memory="256"))
     real = run(test_conn, xml=domain_xml(memory="256"))
     assert check["changed"] is real["changed"] is True
-    assert "262144" in real["xml"] and "<currentMemory unit=\"KiB\">262144" in real["xml"]
+    assert "262144" in real["xml"] and '<currentMemory unit="KiB">262144' in real["xml"]
     assert "262144" in real["diff"][0]["after"] and "196608" in real["diff"][0]["before"]
     assert not run(test_conn, xml=domain_xml(memory="256"))["changed"]
 
@@ -121,33 +140,69 @@ def test_schema_validation_rejects_unknown_elements(test_conn):
     assert test_conn.lookup_domain(NAME) is None
 
 
-class _Runner:
-    """CommandRunner's interface over subprocess (virt-xml-validate is a real local tool)."""
-
-    def which(self, name):
-        import shutil
-
-        return shutil.which(name)
-
-    def run(self, args, check=True):
-        import subprocess
-
-        proc = subprocess.run(args, capture_output=True, text=True, check=check)
-        return proc.returncode, proc.stdout, proc.stderr
-
-
 @pytest.mark.parametrize("extra,ok", [("", True), ("<bogus/>", False)])
 def test_check_mode_predicts_schema_errors(test_conn, extra, ok):
-    validate = schema_validator(_Runner())
-    if validate is None:
-        pytest.skip("virt-xml-validate is not installed")
-    xml = domain_xml(extra=extra).replace("type='test'", "type='qemu'")
+    if find_domain_schema() is None:
+        pytest.fail("libvirt's domain.rng is not installed: the harness installs libvirt (libvirt-daemon-system)")
     if ok:
-        assert ensure_domain(test_conn, params(xml=xml), check_mode=True, validate=validate)["changed"]
+        result = run(test_conn, check=True, xml=domain_xml(extra=extra))
+        assert result["changed"] and result["warnings"] == []
     else:
-        with pytest.raises(ValidationError, match=r"failed to validate against schema.*bogus"):
-            ensure_domain(test_conn, params(xml=xml), check_mode=True, validate=validate)
+        with pytest.raises(ValidationError, match=r"failed to validate against schema .*domain\.rng.*bogus") as err:
+            run(test_conn, check=True, xml=domain_xml(extra=extra))
+        assert any("bogus" in line for line in err.value.details["schema_errors"])
     assert test_conn.lookup_domain(NAME) is None
+
+
+def test_check_mode_without_a_schema_predicts_and_warns(test_conn, tmp_path, monkeypatch):
+    from ansible_collections.virtops.kvm.plugins.module_utils import _domain_state
+
+    monkeypatch.setattr(_domain_state, "schema_dirs", lambda: [str(tmp_path)])
+    result = run(test_conn, check=True, xml=domain_xml(extra="<bogus/>"))
+    assert result["changed"] is True
+    assert len(result["warnings"]) == 1 and "could not validate" in result["warnings"][0] and str(tmp_path) in result["warnings"][0]
+    assert test_conn.lookup_domain(NAME) is None
+    # a run that defines nothing has nothing to warn about
+    run(test_conn)
+    assert run(test_conn, check=True)["warnings"] == []
+
+
+def test_schema_check_is_skipped_for_a_remote_libvirt():
+    check = SchemaCheck("qemu+ssh://hv1/system")
+    assert check.path is None and "not on this machine" in check.warning
+    assert check.validate(parse_xml("<domain><bogus/></domain>"), "x") is False
+
+
+def test_schema_check_finds_the_schema_virt_xml_validate_names(tmp_path, monkeypatch):
+    from ansible_collections.virtops.kvm.plugins.module_utils import _domain_state
+
+    schemas = tmp_path / "share" / "schemas"
+    schemas.mkdir(parents=True)
+    (schemas / "domain.rng").write_text(
+        "<grammar xmlns='http://relaxng.org/ns/structure/1.0'><start><element name='domain'><empty/></element></start></grammar>"
+    )
+    tool = tmp_path / "virt-xml-validate"
+    tool.write_text('#!/bin/sh\nSCHEMA="%s/${TYPE}.rng"\n' % schemas)
+    monkeypatch.setattr(_domain_state.shutil, "which", lambda name: str(tool))
+    assert _domain_state.schema_dirs()[0] == str(schemas)
+    check = SchemaCheck("qemu:///system")
+    assert check.path == str(schemas / "domain.rng")
+    assert check.validate(parse_xml("<domain/>"), "x") is True
+    with pytest.raises(ValidationError, match="failed to validate"):
+        check.validate(parse_xml("<domain><x/></domain>"), "x")
+
+
+@pytest.mark.parametrize("name", ["a/b", "bad\nname", "", " padded"])
+def test_names_libvirt_refuses_are_refused_early(test_conn, name):
+    for check in (True, False):
+        with pytest.raises(ValidationError, match="name"):
+            run(test_conn, check=check, name=name, xml=domain_xml(name=name) if name.strip() else domain_xml())
+    assert test_conn.lookup_domain(NAME) is None
+
+
+def test_slash_in_name_message(test_conn):
+    with pytest.raises(ValidationError, match=r"contains '/', which libvirt refuses"):
+        run(test_conn, check=True, name="virtops/x", xml=None)
 
 
 def test_missing_guest_without_xml_fails(test_conn):
