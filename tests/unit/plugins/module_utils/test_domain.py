@@ -15,11 +15,19 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
     referenced_storage,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import SchemaCheck, find_domain_schema
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import gather_domains
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
+    VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
+    VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+    VIR_DOMAIN_XML_INACTIVE,
+    VIR_DOMAIN_XML_SECURE,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends, finish
-from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, read_last_applied
+from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, read_last_applied, to_string
 
 NAME = "virtops-test-domain-unit"
+OTHERS = ("virtops-test-domain-unit-b", "virtops-test-domain-unit-c")
 
 
 def domain_xml(memory="192", unit="MiB", *, disks=("vda",), tmp="/tmp", name=NAME, extra=""):
@@ -36,12 +44,13 @@ def _clean(test_conn):
     """test:///default is shared by the whole process: remove our guest before and after each test."""
 
     def remove():
-        dom = test_conn.lookup_domain(NAME)
-        if dom is not None:
-            if dom.isActive():
-                dom.destroy()
-            if dom.isPersistent():
-                dom.undefineFlags(1 | 2)
+        for name in (NAME, *OTHERS):
+            dom = test_conn.lookup_domain(name)
+            if dom is not None:
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefineFlags(VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
 
     remove()
     yield
@@ -374,3 +383,137 @@ def test_shutdown_timeout_then_force(test_conn, force):
             life.shutdown()
         assert not dom.destroyed
     assert clock.now >= 3
+
+
+# ------------------------------------------------------------------ secrets (issue 11 item 2)
+
+VNC = "<graphics type='vnc' port='-1' autoport='yes' passwd='%s'/>"
+
+
+def _secure_xml(conn, name=NAME):
+    return parse_xml(conn.lookup_domain(name).XMLDesc(VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE))
+
+
+def test_a_vnc_password_is_applied_compared_and_never_stored_or_returned(test_conn):
+    first = run(test_conn, xml=domain_xml(extra="").replace("</devices>", VNC % "s3cret-one" + "</devices>"))
+    assert first["changed"]
+    assert _secure_xml(test_conn).find("devices/graphics").get("passwd") == "s3cret-one"
+    stored = read_last_applied(_secure_xml(test_conn))
+    assert stored.find("devices/graphics").get("passwd") == "********"
+    assert "s3cret" not in str(first) and 'passwd="********"' in first["xml"]
+    again = run(test_conn, xml=domain_xml().replace("</devices>", VNC % "s3cret-one" + "</devices>"))
+    assert again["changed"] is False
+
+    changed = run(test_conn, xml=domain_xml().replace("</devices>", VNC % "s3cret-two" + "</devices>"))
+    assert changed["changed"] and "s3cret" not in str(changed)
+    assert _secure_xml(test_conn).find("devices/graphics").get("passwd") == "s3cret-two"
+    secrets = [entry for entry in changed["diff"] if "secret values" in entry["before_header"]]
+    assert secrets and secrets[0]["after"] == "graphics/@passwd: ******** (new value)\n"
+
+    removed = run(test_conn, xml=domain_xml().replace("</devices>", "<graphics type='vnc' port='-1' autoport='yes'/></devices>"))
+    assert removed["changed"] and _secure_xml(test_conn).find("devices/graphics").get("passwd") is None
+
+
+def test_check_mode_predicts_a_password_change_without_showing_it(test_conn):
+    run(test_conn, xml=domain_xml().replace("</devices>", VNC % "s3cret-one" + "</devices>"))
+    check = run(test_conn, check=True, xml=domain_xml().replace("</devices>", VNC % "s3cret-two" + "</devices>"))
+    assert check["changed"] and "s3cret" not in str(check)
+    assert _secure_xml(test_conn).find("devices/graphics").get("passwd") == "s3cret-one"
+
+
+def test_a_password_from_an_older_version_in_metadata_is_masked_everywhere(test_conn):
+    """A guest whose <metadata> holds a password (written before it was masked) shows it nowhere."""
+    from ansible_collections.virtops.kvm.plugins.module_utils._xml import write_last_applied
+
+    xml = domain_xml().replace("</devices>", VNC % "s3cret-old" + "</devices>")
+    root = parse_xml(xml)
+    write_last_applied(root, parse_xml(xml))
+    test_conn.conn.defineXML(to_string(root))
+    (guest,) = gather_domains(test_conn, name=NAME, include_xml=True)
+    assert "s3cret" not in guest["xml"] and "********" in guest["xml"]
+    once = run(test_conn, xml=xml)
+    assert once["changed"] and "s3cret" not in str(once)
+    assert read_last_applied(_secure_xml(test_conn)).find("devices/graphics").get("passwd") == "********"
+    assert not run(test_conn, xml=xml)["changed"]
+
+
+def test_secret_values_of_intents():
+    from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import mask_secrets, secret_values_of_text
+
+    xml = (
+        "<domain><devices><graphics type='vnc' passwd='a1'/><graphics type='spice' passwd='b2'/>"
+        "<disk type='network' device='disk'><source protocol='https' name='x'><host name='h'/>"
+        "<cookies><cookie name='c'>c3</cookie></cookies></source><target dev='vda'/></disk></devices></domain>"
+    )
+    assert secret_values_of_text(xml) == ["a1", "b2", "c3"]
+    assert secret_values_of_text("<not xml") == [] and secret_values_of_text(None) == []
+    masked = mask_secrets(parse_xml(xml))
+    assert [g.get("passwd") for g in masked.iter("graphics")] == ["********", "********"]
+    assert masked.find("devices/disk/source/cookies/cookie").text == "********"
+
+
+# ------------------------------------------------------------------ several guests (domains)
+
+
+def batch(conn, entries, check=False, **top):
+    p = params(name=None, xml=None, domains=entries, **top)
+    result, warnings = finish(ensure_domain(Backends(libvirt=conn), p, check), True)
+    result["warnings"] = warnings
+    return result
+
+
+def _entries(*names, **extra):
+    return [dict(name=name, xml=domain_xml(name=name), **extra) for name in names]
+
+
+def test_several_guests_are_defined_once_over_one_connection(test_conn):
+    names = (NAME, *OTHERS)
+    check = batch(test_conn, _entries(*names), check=True)
+    assert check["changed"] and [r["name"] for r in check["results"]] == list(names)
+    assert all(test_conn.lookup_domain(name) is None for name in names)
+    first = batch(test_conn, _entries(*names), state="running")
+    assert first["changed"] and all(r["changed"] and r["domain"]["state"] == "running" for r in first["results"])
+    assert [r["actions"] for r in first["results"]] == [["start"]] * 3
+    assert len([d for d in first["diff"] if "inactive XML" in d["before_header"]]) == 3
+    again = batch(test_conn, _entries(*names), state="running")
+    assert again["changed"] is False and not any(r["changed"] for r in again["results"]) and "diff" not in again
+    # an entry's own state wins over the top-level one
+    mixed = batch(test_conn, [dict(name=NAME, state="shutdown"), dict(name=OTHERS[0])], state="running")
+    assert [r["changed"] for r in mixed["results"]] == [True, False]
+    assert test_conn.lookup_domain(NAME).isActive() == 0
+
+
+def test_a_failing_guest_names_itself_and_reports_the_guests_before_it(test_conn):
+    entries = _entries(NAME) + [dict(name=OTHERS[0], xml=domain_xml(name=OTHERS[0], extra="<bogus/>"))] + _entries(OTHERS[1])
+    with pytest.raises(VirtopsError) as err:
+        batch(test_conn, entries)
+    msg = err.value.msg
+    assert msg.startswith("domains[1] (guest %s) failed: cannot define guest %s" % (OTHERS[0], OTHERS[0]))
+    assert "the guests before it were handled and their changes stay: %s" % NAME in msg and "entries after it were not touched" in msg
+    details = err.value.details
+    assert details["failed_guest"] == OTHERS[0] and details["changed"] is True
+    assert [r["name"] for r in details["results"]] == [NAME]
+    assert test_conn.lookup_domain(NAME) is not None
+    assert test_conn.lookup_domain(OTHERS[0]) is None and test_conn.lookup_domain(OTHERS[1]) is None
+
+
+@pytest.mark.parametrize(
+    "entries,words",
+    [
+        ([dict(name=NAME, xml=domain_xml())] * 2, "both name guest %s" % NAME),
+        ([dict(name=NAME, xml=domain_xml()), dict(name=OTHERS[0], xml="<domain><name>x")], "domains[1] (guest %s): xml is not well-formed" % OTHERS[0]),
+        ([dict(name=NAME, xml=domain_xml()), dict(name="a/b", xml=None)], "domains[1].name 'a/b' contains '/'"),
+        ([dict(name=NAME, xml=domain_xml()), dict(name=OTHERS[0], xml=domain_xml(name=NAME))], "does not match name=%s" % OTHERS[0]),
+    ],
+)
+def test_bad_entries_fail_before_any_guest_is_touched(test_conn, entries, words):
+    with pytest.raises(ValidationError) as err:
+        batch(test_conn, entries)
+    assert words in err.value.msg
+    assert test_conn.lookup_domain(NAME) is None
+
+
+def test_name_and_domains_are_exclusive(test_conn):
+    with pytest.raises(ValidationError, match="mutually exclusive"):
+        ensure_domain(Backends(libvirt=test_conn), params(domains=_entries(OTHERS[0])), False)
+    assert test_conn.lookup_domain(OTHERS[0]) is None
