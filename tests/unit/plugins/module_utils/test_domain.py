@@ -14,8 +14,8 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
     machine_aliases,
     referenced_storage,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import SchemaCheck, find_domain_schema
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import gather_domains
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import SchemaCheck, find_domain_schema
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
     VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
@@ -484,7 +484,7 @@ def test_several_guests_are_defined_once_over_one_connection(test_conn):
 
 
 def test_a_failing_guest_names_itself_and_reports_the_guests_before_it(test_conn):
-    entries = _entries(NAME) + [dict(name=OTHERS[0], xml=domain_xml(name=OTHERS[0], extra="<bogus/>"))] + _entries(OTHERS[1])
+    entries = [*_entries(NAME), dict(name=OTHERS[0], xml=domain_xml(name=OTHERS[0], extra="<bogus/>")), *_entries(OTHERS[1])]
     with pytest.raises(VirtopsError) as err:
         batch(test_conn, entries)
     msg = err.value.msg
