@@ -1,22 +1,48 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to the virtops.kvm collection: not a public API, may change without notice.
 """The ``domain`` module's logic: define with a three-way merge, power state, autostart, removal.
 
-:func:`run_domain` is the module's runner; :func:`ensure_domain` does the work on a
-:class:`LibvirtClient` it is given, so unit tests drive it against ``test:///default``. Check mode
-runs the same comparison and skips only the libvirt calls that change something.
+:func:`ensure_domain` is the entry point (``ensure_domain(backends, params, check_mode)``); it
+manages one guest (``name``) or several (``domains``) over the one libvirt client of the run.
+For each guest the run plans first (parse and check the intent, merge it with the current
+definition, validate the result), then applies; check mode stops after the plan and reports it.
+
+Secret values of the intent (graphics passwords, network disk cookies: see
+:mod:`._domain_state`) reach libvirt's definition, and nowhere else: the last-applied intent in
+``<metadata>`` keeps a placeholder instead, and every XML the module returns is masked. They are
+still compared, because the current definition is read with ``VIR_DOMAIN_XML_SECURE``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
 import time
-from urllib.parse import urlparse
 
-from ansible_collections.virtops.kvm.plugins.module_utils._command import CommandRunner
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import (
+    ACTIVE_STATES,
+    MASK,
+    SchemaCheck,
+    mask_secrets,
+    masked_text,
+    secrets_digest,
+    state_of,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError, VirtopsError
-from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import connect, libvirt, translated
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
+    VIR_DOMAIN_DEFINE_VALIDATE,
+    VIR_DOMAIN_START_PAUSED,
+    VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA,
+    VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
+    VIR_DOMAIN_UNDEFINE_NVRAM,
+    VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+    VIR_DOMAIN_UNDEFINE_TPM,
+    VIR_DOMAIN_XML_INACTIVE,
+    VIR_DOMAIN_XML_SECURE,
+    VIR_ERR_INVALID_ARG,
+    translated,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import (
     parse_xml,
     read_last_applied,
@@ -28,41 +54,77 @@ from ansible_collections.virtops.kvm.plugins.module_utils._xml import (
 )
 
 STATES = ["present", "running", "shutdown", "destroyed", "paused", "saved", "restarted", "absent"]
+APPLY_CHOICES = ["next_boot", "restart"]
 
-# virDomainState and the reasons of each state (libvirt-domain.h); stable numbers, so this module
-# imports without libvirt-python.
-STATE_NAMES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff", 6: "crashed", 7: "pmsuspended"}
-STATE_REASONS = {
-    0: ["unknown"],
-    1: ["unknown", "booted", "migrated", "restored", "from_snapshot", "unpaused", "migration_canceled", "save_canceled", "wakeup", "crashed",
-        "postcopy", "postcopy_failed"],
-    2: ["unknown"],
-    3: ["unknown", "user", "migration", "save", "dump", "ioerror", "watchdog", "from_snapshot", "shutting_down", "snapshot", "crashed",
-        "starting_up", "postcopy", "postcopy_failed", "api_error"],
-    4: ["unknown", "user"],
-    5: ["unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot", "daemon"],
-    6: ["unknown", "panicked"],
-    7: ["unknown"],
-}
-RUNNING, PAUSED, SHUTOFF = 1, 3, 5
-ACTIVE_STATES = ("running", "blocked", "paused", "shutdown", "pmsuspended", "crashed")
+# The options a guest takes, alone (top level) or as an entry of ``domains``.
+GUEST_KEYS = ("name", "xml", "state", "autostart", "shutdown_timeout", "force", "apply", "save_path", "restore_from", "remove_storage")
 
-XML_INACTIVE_SECURE = 2 | 1  # VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE
-XML_SECURE = 1
-DEFINE_VALIDATE = 1  # VIR_DOMAIN_DEFINE_VALIDATE
-START_PAUSED = 1  # VIR_DOMAIN_START_PAUSED
-# VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | SNAPSHOTS_METADATA | NVRAM | CHECKPOINTS_METADATA | TPM, then
-# smaller sets for drivers that refuse some flags (VIR_ERR_INVALID_ARG "unsupported flags").
-UNDEFINE_FLAG_SETS = (1 | 2 | 4 | 16 | 32, 1 | 2 | 4, 1 | 2)
-ERR_INVALID_ARG = 8
+# Everything undefine can take with the guest, then smaller sets for drivers that refuse some flags
+# (VIR_ERR_INVALID_ARG "unsupported flags").
+UNDEFINE_FLAG_SETS = (
+    VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | VIR_DOMAIN_UNDEFINE_NVRAM
+    | VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    | VIR_DOMAIN_UNDEFINE_TPM,
+    VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | VIR_DOMAIN_UNDEFINE_NVRAM,
+    VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+)
+XML_INACTIVE_SECURE = VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def state_of(dom):
-    """``(state_name, reason_name)`` of a libvirt domain."""
-    with translated("cannot read the state of guest %s" % dom.name()):
-        state, reason = dom.state()
-    reasons = STATE_REASONS.get(state, ["unknown"])
-    return STATE_NAMES.get(state, "unknown"), reasons[reason] if 0 <= reason < len(reasons) else "unknown"
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_guest_name(name, what="name"):
+    """Refuse a guest name libvirt would refuse (or that would break its files) before anything runs."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError("%s must be a non-empty guest name" % what)
+    if "/" in name:
+        raise ValidationError(
+            "%s %r contains '/', which libvirt refuses in a guest name (the name becomes the file name of its "
+            "definition and logs); use another character such as '-'" % (what, name)
+        )
+    if _CONTROL.search(name):
+        raise ValidationError("%s %r contains a control character (newline, tab...); libvirt guest names are one line of text" % (what, name))
+    if name != name.strip():
+        raise ValidationError("%s %r has leading or trailing whitespace; remove it" % (what, name))
+    return name
+
+
+def parse_intent(name, xml_text):
+    """Parse the intent: a ``<domain>`` whose ``<name>`` is ``name`` (added when missing)."""
+    intent = parse_xml(xml_text, "xml")
+    if intent.tag != "domain":
+        raise ValidationError("xml must have a <domain> root element, found <%s>" % intent.tag)
+    xml_name = intent.findtext("name")
+    if xml_name is None:
+        node = intent.makeelement("name")
+        node.text = name
+        intent.insert(0, node)
+    elif xml_name.strip() != name:
+        raise ValidationError("the name in xml (%s) does not match name=%s; make them equal (renaming is not supported)" % (xml_name.strip(), name))
+    return intent
+
+
+def check_params(params):
+    """What can be refused from the parameters alone, before libvirt is asked anything."""
+    name = validate_guest_name(params["name"])
+    if params.get("xml"):
+        parse_intent(name, params["xml"])
+    if params.get("restore_from") and params["state"] == "running" and not os.path.isfile(params["restore_from"]):
+        raise ValidationError("restore_from: %s does not exist (or is not a file); give the path a state=saved save_path wrote" % params["restore_from"])
+    if params.get("shutdown_timeout") is not None and params["shutdown_timeout"] < 0:
+        raise ValidationError("shutdown_timeout must not be negative, got %s" % params["shutdown_timeout"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning a definition
+# ---------------------------------------------------------------------------------------------
 
 
 def machine_aliases(conn):
@@ -125,19 +187,12 @@ def _follow_memory(intent, current, merged):
 def plan_definition(client, name, xml_text, dom):
     """Parse and check the intent and merge it with the guest's inactive XML.
 
-    Returns ``(intent, current, merged, changed)``; ``current`` is ``None`` for a new guest.
-    Raises :class:`ValidationError` for input that must not reach libvirt.
+    Returns ``(intent, current, merged, changed)``; ``current`` is ``None`` for a new guest. The
+    stored last-applied intent has its secrets masked (:func:`mask_secrets`); ``merged`` keeps the
+    real values, since it is what libvirt is given. Raises :class:`ValidationError` for input that
+    must not reach libvirt.
     """
-    intent = parse_xml(xml_text, "xml")
-    if intent.tag != "domain":
-        raise ValidationError("xml must have a <domain> root element, found <%s>" % intent.tag)
-    xml_name = intent.findtext("name")
-    if xml_name is None:
-        node = intent.makeelement("name")
-        node.text = name
-        intent.insert(0, node)
-    elif xml_name.strip() != name:
-        raise ValidationError("the name in xml (%s) does not match name=%s; make them equal (renaming is not supported)" % (xml_name.strip(), name))
+    intent = parse_intent(name, xml_text)
     uuid = intent.findtext("uuid")
     if uuid:
         uuid = uuid.strip()
@@ -148,41 +203,17 @@ def plan_definition(client, name, xml_text, dom):
             raise ValidationError("guest %s exists with uuid %s, xml asks for %s; a guest's uuid cannot change" % (name, dom.UUIDString(), uuid))
     if dom is None:
         merged = three_way_merge(intent, None)
-        write_last_applied(merged, intent)
+        write_last_applied(merged, mask_secrets(intent))
         return intent, None, merged, True
     current = inactive_xml(dom)
     merged = three_way_merge(intent, current, read_last_applied(current), equal=domain_equivalence(machine_aliases(client.conn)))
     _follow_memory(intent, current, merged)
-    write_last_applied(merged, intent)
+    write_last_applied(merged, mask_secrets(intent))
     return intent, current, merged, not xml_equal(merged, current)
 
 
-def schema_validator(runner, tmpdir=None):
-    """A function that checks domain XML with libvirt's schema (``virt-xml-validate``), or ``None``.
-
-    Check mode uses it so that a schema error is predicted too; a real run relies on libvirt's
-    ``VIR_DOMAIN_DEFINE_VALIDATE`` flag instead.
-    """
-    tool = runner.which("virt-xml-validate")
-    if tool is None:
-        return None
-
-    def validate(xml_text):
-        fd, path = tempfile.mkstemp(prefix="virtops-domain-", suffix=".xml", dir=tmpdir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(xml_text)
-            rc, out, err = runner.run([tool, path, "domain"], check=False)
-        finally:
-            os.unlink(path)
-        if rc != 0:
-            detail = " ".join((err or out or "").replace(path, "xml").split())
-            raise ValidationError("XML document failed to validate against schema (virt-xml-validate): %s" % detail)
-
-    return validate
-
-
 def inactive_xml(dom):
+    """The persistent definition with its secrets (``VIR_DOMAIN_XML_SECURE``), so they can be compared."""
     with translated("cannot read the XML of guest %s" % dom.name()):
         return parse_xml(dom.XMLDesc(XML_INACTIVE_SECURE), "libvirt's XML of %s" % dom.name())
 
@@ -191,18 +222,23 @@ def pending_restart(client, dom, intent=None):
     """Whether the running guest's live XML lacks what the persistent intent asks for.
 
     The intent (given, or the last-applied one stored in the persistent XML) is merged into the
-    live XML; if that changes it, a restart is needed to pick the new configuration up.
+    live XML; if that changes it, a restart is needed to pick the new configuration up. A stored
+    intent has its secrets masked, so secret values are left out of that comparison.
     """
     if dom is None or not dom.isActive() or not dom.isPersistent():
         return False
-    if intent is None:
+    given = intent is not None
+    if not given:
         intent = read_last_applied(inactive_xml(dom))
         if intent is None:
             return False
     with translated("cannot read the live XML of guest %s" % dom.name()):
-        live = parse_xml(dom.XMLDesc(XML_SECURE), "libvirt's live XML")
+        live = parse_xml(dom.XMLDesc(VIR_DOMAIN_XML_SECURE), "libvirt's live XML")
     merged = three_way_merge(intent, live, read_last_applied(live), equal=live_equivalence(machine_aliases(client.conn)))
-    return not xml_equal(merged, live)
+    if given:
+        return not xml_equal(merged, live)
+    # the stored intent holds placeholders, not the secret values: compare everything else
+    return not xml_equal(mask_secrets(merged), mask_secrets(live))
 
 
 def describe(dom, pending=False):
@@ -210,9 +246,19 @@ def describe(dom, pending=False):
     state, reason = state_of(dom)
     with translated("cannot read guest %s" % dom.name()):
         return dict(
-            name=dom.name(), uuid=dom.UUIDString(), state=state, state_reason=reason, persistent=bool(dom.isPersistent()),
-            autostart=bool(dom.autostart()) if dom.isPersistent() else False, pending_restart=bool(pending),
+            name=dom.name(),
+            uuid=dom.UUIDString(),
+            state=state,
+            state_reason=reason,
+            persistent=bool(dom.isPersistent()),
+            autostart=bool(dom.autostart()) if dom.isPersistent() else False,
+            pending_restart=bool(pending),
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Power state
+# ---------------------------------------------------------------------------------------------
 
 
 class Lifecycle:
@@ -241,7 +287,7 @@ class Lifecycle:
             self.client.call("cannot %s guest %s" % (action, self.name), func, *args)
 
     def start(self, paused=False):
-        self._do("start paused" if paused else "start", self.dom.createWithFlags, START_PAUSED if paused else 0)
+        self._do("start paused" if paused else "start", self.dom.createWithFlags, VIR_DOMAIN_START_PAUSED if paused else 0)
 
     def resume(self):
         self._do("resume", self.dom.resume)
@@ -261,6 +307,13 @@ class Lifecycle:
     def save(self, path):
         self._do("save to %s" % path, self.dom.save, path)
 
+    def restore(self, path):
+        self.actions.append("restore from %s" % path)
+        if not self.check_mode:
+            self.client.call("cannot restore guest %s from %s" % (self.name, path), self.client.conn.restore, path)
+            if self.state() == "paused":
+                self.resume()
+
     def shutdown(self):
         """Graceful ACPI shutdown, waiting ``shutdown_timeout`` s; then destroy if ``force``, else fail."""
         if self.state() == "paused":
@@ -276,66 +329,77 @@ class Lifecycle:
                 return
             if self.clock() >= deadline:
                 break
-            self.sleep(0.5)
+            self.sleep(0.25)
         if self.force:
             self.destroy()
             return
         raise VirtopsError(
             "guest %s did not shut down within %ss of an ACPI power-button request (state: %s, reason: %s); it may ignore ACPI: "
             "set force=true to power it off, or raise shutdown_timeout" % (self.name, self.shutdown_timeout, state, reason),
-            state=state, state_reason=reason,
+            state=state,
+            state_reason=reason,
         )
+
+
+def _lifecycle(client, dom, params, check_mode):
+    return Lifecycle(client, dom, check_mode, shutdown_timeout=params["shutdown_timeout"], force=params["force"])
+
+
+def _to_running(life, params, active, state):
+    restore_from = params.get("restore_from")
+    if not active and restore_from:
+        life.restore(restore_from)
+    elif state == "paused":
+        life.resume()
+    elif not active:
+        life.start()
+
+
+def _to_saved(client, life, params, active, state):
+    save_path = params.get("save_path")
+    if active:
+        if save_path:
+            life.save(save_path)
+        else:
+            life.managed_save()
+    elif save_path and not os.path.exists(save_path):
+        raise ValidationError("guest %s is %s and %s does not exist: only a running or paused guest can be saved" % (life.name, state, save_path))
+    elif not save_path and not client.call("cannot read guest %s" % life.name, life.dom.hasManagedSaveImage, 0):
+        raise ValidationError("guest %s is %s and has no managed save image: only a running or paused guest can be saved" % (life.name, state))
 
 
 def ensure_state(client, dom, params, check_mode, lifecycle=None):
     """Drive ``dom`` to ``params['state']``; returns the :class:`Lifecycle` with the actions taken."""
-    life = lifecycle or Lifecycle(client, dom, check_mode, shutdown_timeout=params["shutdown_timeout"], force=params["force"])
+    life = lifecycle or _lifecycle(client, dom, params, check_mode)
     wanted = params["state"]
     state = life.state()
     active = state in ACTIVE_STATES
     if wanted == "running":
-        restore_from = params.get("restore_from")
-        if not active and restore_from:
-            life.actions.append("restore from %s" % restore_from)
-            if not check_mode:
-                client.call("cannot restore guest %s from %s" % (life.name, restore_from), client.conn.restore, restore_from)
-                if state_of(dom)[0] == "paused":
-                    life.resume()
-        elif state == "paused":
-            life.resume()
-        elif not active:
-            life.start()
-    elif wanted == "paused":
-        if state != "paused":
-            if active:
-                life.suspend()
-            else:
-                life.start(paused=True)
-    elif wanted == "shutdown":
+        _to_running(life, params, active, state)
+    elif wanted == "paused" and state != "paused":
         if active:
-            life.shutdown()
-    elif wanted == "destroyed":
-        if active:
-            life.destroy()
+            life.suspend()
+        else:
+            life.start(paused=True)
+    elif wanted == "shutdown" and active:
+        life.shutdown()
+    elif wanted == "destroyed" and active:
+        life.destroy()
     elif wanted == "restarted":
-        if active:
+        if not active:
+            life.start()
+        else:
             if state == "paused":
                 life.resume()
             life.reboot()
-        else:
-            life.start()
     elif wanted == "saved":
-        save_path = params.get("save_path")
-        if active:
-            if save_path:
-                life.save(save_path)
-            else:
-                life.managed_save()
-        elif save_path and not os.path.exists(save_path):
-            raise ValidationError("guest %s is %s and %s does not exist: only a running or paused guest can be saved" % (life.name, state, save_path))
-        elif not save_path and not client.call("cannot read guest %s" % life.name, dom.hasManagedSaveImage, 0):
-            raise ValidationError("guest %s is %s and has no managed save image: only a running or paused guest can be saved" % (life.name, state))
+        _to_saved(client, life, params, active, state)
     return life
+
+
+# ---------------------------------------------------------------------------------------------
+# Removal
+# ---------------------------------------------------------------------------------------------
 
 
 def referenced_storage(xml):
@@ -389,17 +453,21 @@ def undefine(client, dom):
             client.call("cannot undefine guest %s" % name, dom.undefineFlags, flags)
             return
         except LibvirtError as exc:
-            if exc.code != ERR_INVALID_ARG or flags == UNDEFINE_FLAG_SETS[-1]:
+            if exc.code != VIR_ERR_INVALID_ARG or flags == UNDEFINE_FLAG_SETS[-1]:
                 raise
 
 
 def ensure_absent(client, dom, params, check_mode):
+    """Shut down (or destroy a transient guest), undefine, and remove storage when asked."""
     result = dict(changed=False, removed_storage=[], actions=[])
     if dom is None:
         return result
-    life = Lifecycle(client, dom, check_mode, shutdown_timeout=params["shutdown_timeout"], force=params["force"])
+    life = _lifecycle(client, dom, params, check_mode)
     persistent = bool(dom.isPersistent())
-    storage = referenced_storage(parse_xml(dom.XMLDesc(XML_SECURE if not persistent else XML_INACTIVE_SECURE))) if params["remove_storage"] else []
+    storage = []
+    if params["remove_storage"]:
+        with translated("cannot read the XML of guest %s" % dom.name()):
+            storage = referenced_storage(parse_xml(dom.XMLDesc(XML_INACTIVE_SECURE if persistent else VIR_DOMAIN_XML_SECURE)))
     if dom.isActive():
         if persistent:
             life.shutdown()
@@ -415,116 +483,279 @@ def ensure_absent(client, dom, params, check_mode):
     return result
 
 
-def _diff_entries(name, before_xml, after_xml, before_power, after_power):
-    diffs = []
-    if before_xml != after_xml:
-        diffs.append(dict(before_header="%s (inactive XML)" % name, after_header="%s (inactive XML)" % name, before=before_xml, after=after_xml))
-    if before_power != after_power:
-        diffs.append(dict(before_header="%s (power and autostart)" % name, after_header="%s (power and autostart)" % name,
-                          before=before_power, after=after_power))
-    return diffs
+# ---------------------------------------------------------------------------------------------
+# Diff
+# ---------------------------------------------------------------------------------------------
 
 
 def _power_text(state, autostart):
     return "state: %s\nautostart: %s\n" % (state, str(bool(autostart)).lower())
 
 
+def _secrets_entry(name, before, after):
+    """A diff entry saying which secret values change, without showing them; ``None`` when none does."""
+    old = secrets_digest(before) if before is not None else []
+    new = secrets_digest(after) if after is not None else []
+    if old == new:
+        return None
+    old_values = dict(old)
+    before_text = "".join("%s: %s\n" % (where, MASK) for where, _value in old)
+    after_text = "".join("%s: %s%s\n" % (where, MASK, "" if old_values.get(where) == value else " (new value)") for where, value in new)
+    header = "%s (secret values, masked)" % name
+    return dict(before_header=header, after_header=header, before=before_text, after=after_text)
+
+
+def diff_entries(name, before, after, before_power, after_power):
+    """The diff of one guest: its inactive XML (secrets masked), its secrets (changed or not), power and autostart."""
+    diffs = []
+    before_xml, after_xml = masked_text(before), masked_text(after)
+    if before_xml != after_xml:
+        header = "%s (inactive XML)" % name
+        diffs.append(dict(before_header=header, after_header=header, before=before_xml, after=after_xml))
+    secrets = _secrets_entry(name, before, after)
+    if secrets is not None:
+        diffs.append(secrets)
+    if before_power != after_power:
+        header = "%s (power and autostart)" % name
+        diffs.append(dict(before_header=header, after_header=header, before=before_power, after=after_power))
+    return diffs
+
+
+# ---------------------------------------------------------------------------------------------
+# One guest
+# ---------------------------------------------------------------------------------------------
+
 _TARGET_STATE = {"running": "running", "paused": "paused", "shutdown": "shutoff", "destroyed": "shutoff", "saved": "shutoff", "restarted": "running"}
 
 
-def ensure_domain(client, params, check_mode=False, want_diff=False, validate=None):
-    """Make guest ``params['name']`` match ``params``; returns the module result.
+class GuestRun:
+    """One guest's run: what it was, the definition step, the autostart and power steps, the result."""
 
-    ``validate(xml_text)`` (see :func:`schema_validator`) checks the merged XML in check mode.
-    """
-    name = params["name"]
-    dom = client.lookup_domain(name)
-    state = params["state"]
-    if params.get("restore_from") and state == "running" and not os.path.isfile(params["restore_from"]):
-        raise ValidationError("restore_from: %s does not exist (or is not a file); give the path a state=saved save_path wrote" % params["restore_from"])
-    if state == "absent":
-        before = to_string(inactive_xml(dom)) if dom is not None else ""
-        before_power = _power_text(state_of(dom)[0], dom.isPersistent() and dom.autostart()) if dom is not None else ""
-        result = ensure_absent(client, dom, params, check_mode)
-        result.update(domain=None, xml=None)
-        if want_diff and result["changed"]:
-            result["diff"] = _diff_entries(name, before, "", before_power, "")
-        return result
+    def __init__(self, client, params, check_mode, schema):
+        self.client = client
+        self.params = params
+        self.check_mode = check_mode
+        self.schema = schema
+        self.name = params["name"]
+        self.dom = client.lookup_domain(self.name)
+        self.changed = False
+        self.actions = []
+        self.intent = None
+        dom = self.dom
+        self.before = inactive_xml(dom) if dom is not None and dom.isPersistent() else None
+        self.after = self.before
+        self.before_state = state_of(dom)[0] if dom is not None else "undefined"
+        self.before_autostart = bool(dom.isPersistent() and dom.autostart()) if dom is not None else False
+        self.after_autostart = self.before_autostart
+        self.after_state = self.before_state
 
-    if dom is None and not params.get("xml"):
-        raise ValidationError("guest %s does not exist; give its xml to define it" % name)
+    # -- steps ---------------------------------------------------------------------------------
+    def define(self):
+        """Plan the definition, validate it in check mode, and define it in a real run."""
+        if self.dom is None and not self.params.get("xml"):
+            raise ValidationError("guest %s does not exist; give its xml to define it" % self.name)
+        if not self.params.get("xml"):
+            return
+        self.intent, _current, merged, defined = plan_definition(self.client, self.name, self.params["xml"], self.dom)
+        if not defined:
+            return
+        self.changed = True
+        self.after = merged
+        if self.check_mode:
+            self.schema.validate(merged, self.name)
+            return
+        what = "define" if self.dom is None else "redefine"
+        self.dom = self.client.call(
+            "cannot %s guest %s (defineXMLFlags with VIR_DOMAIN_DEFINE_VALIDATE)" % (what, self.name),
+            self.client.conn.defineXMLFlags,
+            to_string(merged, pretty=False),
+            VIR_DOMAIN_DEFINE_VALIDATE,
+        )
+        self.after = inactive_xml(self.dom)
+        if self.before_state == "undefined":
+            self.after_state = state_of(self.dom)[0]
 
-    changed = False
-    intent = None
-    before_xml = to_string(inactive_xml(dom)) if dom is not None and dom.isPersistent() else ""
-    before_state = state_of(dom)[0] if dom is not None else "undefined"
-    before_autostart = bool(dom.isPersistent() and dom.autostart()) if dom is not None else False
-    after_xml = before_xml
-    predicted = None
-    if params.get("xml"):
-        intent, _current, merged, defined = plan_definition(client, name, params["xml"], dom)
-        if defined:
-            changed = True
-            predicted = merged
-            after_xml = to_string(merged)
-            if check_mode and validate is not None:
-                validate(to_string(merged))
-            if not check_mode:
-                dom = client.call("cannot define guest %s" % name, client.conn.defineXMLFlags, to_string(merged, pretty=False), DEFINE_VALIDATE)
-                after_xml = to_string(inactive_xml(dom))
+    def autostart(self):
+        autostart = self.params.get("autostart")
+        if autostart is None or autostart == self.before_autostart:
+            return
+        self.changed = True
+        self.after_autostart = autostart
+        self.actions.append("autostart on" if autostart else "autostart off")
+        if not self.check_mode:
+            self.client.call("cannot set autostart of guest %s" % self.name, self.dom.setAutostart, 1 if autostart else 0)
 
-    actions = []
-    autostart = params.get("autostart")
-    after_autostart = before_autostart
-    if autostart is not None and autostart != before_autostart:
-        changed = True
-        after_autostart = autostart
-        actions.append("autostart on" if autostart else "autostart off")
-        if not check_mode:
-            client.call("cannot set autostart of guest %s" % name, dom.setAutostart, 1 if autostart else 0)
-
-    after_state = before_state
-    pending = False
-    if dom is None:  # check mode, new guest: predict without a libvirt object
+    def power_new(self):
+        """Check mode on a guest that does not exist yet: predict without a libvirt object."""
+        state = self.params["state"]
         if state == "saved":
-            raise ValidationError("guest %s does not exist yet, so it cannot be saved; use state=running first" % name)
-        after_state = _TARGET_STATE.get(state, "shutoff")
+            raise ValidationError("guest %s does not exist yet, so it cannot be saved; use state=running first" % self.name)
+        self.after_state = _TARGET_STATE.get(state, "shutoff")
         if state in ("running", "paused", "restarted"):
-            actions.append("start paused" if state == "paused" else "start")
-        domain = dict(name=name, uuid=predicted.findtext("uuid") if predicted is not None else None, state=after_state, state_reason="unknown",
-                      persistent=True, autostart=after_autostart, pending_restart=False)
-    else:
+            self.actions.append("start paused" if state == "paused" else "start")
+        uuid = self.after.findtext("uuid") if self.after is not None else None
+        return dict(
+            name=self.name, uuid=uuid, state=self.after_state, state_reason="unknown", persistent=True, autostart=self.after_autostart,
+            pending_restart=False,
+        )  # fmt: skip
+
+    def power(self):
+        """Drive the power state, then restart for a pending definition when ``apply=restart``."""
+        client, dom, params, check_mode = self.client, self.dom, self.params, self.check_mode
+        state = params["state"]
         if state != "present":
             life = ensure_state(client, dom, params, check_mode)
-            actions.extend(life.actions)
-            changed = changed or bool(life.actions)
-            after_state = state_of(dom)[0] if not check_mode else _TARGET_STATE.get(state, before_state) if life.actions else before_state
+            self.actions.extend(life.actions)
+            self.changed = self.changed or bool(life.actions)
+            if not check_mode:
+                self.after_state = state_of(dom)[0]
+            elif life.actions:
+                self.after_state = _TARGET_STATE.get(state, self.before_state)
         # a guest started by this run runs the new definition; one that kept running may lack it
-        kept_running = after_state in ACTIVE_STATES and (before_state in ACTIVE_STATES or not check_mode)
-        pending = pending_restart(client, dom, intent) if kept_running else False
-        if pending and params["apply"] == "restart" and (after_state in ACTIVE_STATES):
-            life = Lifecycle(client, dom, check_mode, shutdown_timeout=params["shutdown_timeout"], force=params["force"])
+        kept_running = self.after_state in ACTIVE_STATES and (self.before_state in ACTIVE_STATES or not check_mode)
+        pending = pending_restart(client, dom, self.intent) if kept_running else False
+        if pending and params["apply"] == "restart":
+            life = _lifecycle(client, dom, params, check_mode)
             life.shutdown()
             life.start()
-            actions.extend(life.actions)
-            changed = True
+            self.actions.extend(life.actions)
+            self.changed = True
             pending = False
-            after_state = state_of(dom)[0] if not check_mode else "running"
+            self.after_state = state_of(dom)[0] if not check_mode else "running"
         domain = describe(dom, pending)
         if check_mode:
-            domain.update(state=after_state, autostart=after_autostart)
-    result = dict(changed=changed, domain=domain, xml=after_xml or None, actions=actions)
-    if want_diff and changed:
-        result["diff"] = _diff_entries(name, before_xml, after_xml, _power_text(before_state, before_autostart), _power_text(after_state, after_autostart))
+            domain.update(state=self.after_state, autostart=self.after_autostart)
+        return domain
+
+    def run(self):
+        self.define()
+        if self.dom is not None:
+            self.autostart()
+            domain = self.power()
+        else:
+            if self.params.get("autostart"):
+                self.changed = True
+                self.after_autostart = True
+                self.actions.append("autostart on")
+            domain = self.power_new()
+        result = dict(changed=self.changed, domain=domain, xml=masked_text(self.after) or None, actions=self.actions)
+        result["diff"] = diff_entries(
+            self.name,
+            self.before,
+            self.after,
+            _power_text(self.before_state, self.before_autostart),
+            _power_text(self.after_state, self.after_autostart),
+        )
+        return result
+
+
+def _ensure_absent_guest(client, params, check_mode):
+    name = params["name"]
+    dom = client.lookup_domain(name)
+    before = inactive_xml(dom) if dom is not None and dom.isPersistent() else None
+    before_power = _power_text(state_of(dom)[0], dom.isPersistent() and dom.autostart()) if dom is not None else ""
+    result = ensure_absent(client, dom, params, check_mode)
+    result.update(domain=None, xml=None)
+    result["diff"] = diff_entries(name, before, None, before_power, "") if result["changed"] else []
     return result
 
 
-def run_domain(module):
-    """The ``domain`` module's runner."""
-    if libvirt is None:  # pragma: no cover - connect() fails the module first
-        raise HostError("libvirt-python is required")
-    validate = None
-    if module.check_mode and urlparse(module.params["uri"]).hostname in (None, "", "localhost"):
-        validate = schema_validator(CommandRunner(module), getattr(module, "tmpdir", None))
-    with connect(module) as client:
-        return ensure_domain(client, module.params, check_mode=module.check_mode, want_diff=module._diff, validate=validate)
+def ensure_guest(client, params, check_mode, schema):
+    """Make guest ``params['name']`` match ``params`` on ``client``; returns its result."""
+    check_params(params)
+    if params["state"] == "absent":
+        return _ensure_absent_guest(client, params, check_mode)
+    return GuestRun(client, params, check_mode, schema).run()
+
+
+# ---------------------------------------------------------------------------------------------
+# Several guests
+# ---------------------------------------------------------------------------------------------
+
+
+def entry_params(params, entry, index):
+    """The parameters of ``domains[index]``: the entry's keys, the task's top-level values for the rest."""
+    merged = {key: params.get(key) for key in GUEST_KEYS if key not in ("name", "xml")}
+    merged["xml"] = None
+    for key, value in entry.items():
+        if value is not None:
+            merged[key] = value
+    merged["name"] = entry.get("name")
+    validate_guest_name(merged["name"], "domains[%d].name" % index)
+    return merged
+
+
+def _batch_error(exc, index, name, results):
+    done = [result for result in results if result["changed"]]
+    if done:
+        earlier = "the guests before it were handled and their changes stay: %s" % ", ".join(
+            "%s (%s)" % (result["name"], ", ".join(result["actions"]) or "definition") for result in done
+        )
+    elif results:
+        earlier = "the guests before it needed no change"
+    else:
+        earlier = "it is the first entry, nothing was changed"
+    msg = "domains[%d] (guest %s) failed: %s. %s; the entries after it were not touched" % (index, name, exc.msg, earlier)
+    details = dict(exc.details)
+    details.update(failed_guest=name, results=results, changed=bool(done))
+    return VirtopsError(msg, **details)
+
+
+def ensure_domains(client, params, check_mode, schema):
+    """Handle each entry of ``params['domains']`` in order over one client.
+
+    Every entry's parameters and XML are checked before any guest is touched. A guest that fails
+    stops the run: the result says which, and what the guests before it changed.
+    """
+    entries = [entry_params(params, entry, index) for index, entry in enumerate(params["domains"])]
+    seen = {}
+    for index, entry in enumerate(entries):
+        if entry["name"] in seen:
+            raise ValidationError("domains[%d] and domains[%d] both name guest %s; give each guest once" % (seen[entry["name"]], index, entry["name"]))
+        seen[entry["name"]] = index
+        try:
+            check_params(entry)
+        except ValidationError as exc:
+            raise ValidationError("domains[%d] (guest %s): %s; no guest was changed" % (index, entry["name"], exc.msg), **exc.details) from exc
+    results = []
+    diffs = []
+    for index, entry in enumerate(entries):
+        try:
+            result = ensure_guest(client, entry, check_mode, schema)
+        except VirtopsError as exc:
+            raise _batch_error(exc, index, entry["name"], results) from exc
+        diff = result.pop("diff", None) or []
+        if result["changed"]:
+            diffs.extend(diff)
+            result["diff"] = diff
+        result["name"] = entry["name"]
+        result.setdefault("removed_storage", [])
+        results.append(result)
+    return dict(changed=any(result["changed"] for result in results), results=results, diff=diffs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The module's entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def ensure_domain(backends, params, check_mode):
+    """The ``domain`` module: one guest (``name``) or several (``domains``) over one libvirt connection."""
+    if params.get("domains") is not None and params.get("name"):
+        raise ValidationError("name and domains are mutually exclusive: give one guest with name, or a list of guests with domains")
+    if params.get("domains") is None and not params.get("name"):
+        raise ValidationError("give name (one guest) or domains (a list of guests)")
+    schema = SchemaCheck(backends.uri) if check_mode else None
+    many = params.get("domains") is not None
+    result = (ensure_domains if many else ensure_guest)(backends.libvirt, params, check_mode, schema)
+    warnings = []
+    if schema is not None and schema.warning and _defines_something(result):
+        warnings.append(schema.warning)
+    result["warnings"] = warnings
+    return result
+
+
+def _defines_something(result):
+    """Whether check mode predicted a definition (so the skipped validation matters)."""
+    results = result.get("results", [result])
+    return any(item.get("changed") and item.get("xml") for item in results)

@@ -1,5 +1,6 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to the virtops.kvm collection: not a public API, may change without notice.
 """Hotplug and persistent management of one guest device (the logic of ``domain_device``).
 
 The flow is: parse the user's device element (the *intent*), read the guest's live and/or
@@ -10,11 +11,18 @@ XPath), and plan one action per target (``live``, ``config``):
 - ``updated``: it exists and every difference is one libvirt changes in place
   (``virDomainUpdateDeviceFlags``): CD-ROM/floppy media change or eject, interface link state
   and bandwidth;
-- ``replaced``: it exists with other differences: detach, wait for the guest to release it, attach;
+- ``replaced``: it exists with other differences. In the persistent definition the whole new
+  definition (the old device swapped for the new one) is defined with ``VIR_DOMAIN_DEFINE_VALIDATE``,
+  so libvirt validates the new element before the old one is dropped, and an invalid element leaves
+  the old device in place. On the running guest (after the persistent definition, so an invalid
+  element fails before the guest is touched): detach, wait for the guest to release it, attach the
+  new one, and re-attach the old one if libvirt refuses the new;
 - ``detached``: ``state=absent`` and it exists;
 - ``none``: already as asked.
 
-Check mode and diff come from that plan; the real run only adds the libvirt calls.
+Check mode and diff come from that plan; the real run only adds the libvirt calls. The entry
+point is :func:`ensure_domain_device`. XML is read with ``VIR_DOMAIN_XML_SECURE`` so secret values
+(a graphics password) compare, and every device returned is masked (:mod:`._domain_state`).
 """
 
 from __future__ import annotations
@@ -22,8 +30,17 @@ from __future__ import annotations
 import copy
 import time
 
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import SchemaCheck, masked_text
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
-from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import connect, libvirt
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_USB_DEV,
+    VIR_DOMAIN_AFFECT_CONFIG,
+    VIR_DOMAIN_AFFECT_LIVE,
+    VIR_DOMAIN_DEFINE_VALIDATE,
+    VIR_DOMAIN_XML_INACTIVE,
+    VIR_DOMAIN_XML_SECURE,
+    libvirt,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import (
     etree,
     match_children,
@@ -34,18 +51,42 @@ from ansible_collections.virtops.kvm.plugins.module_utils._xml import (
     xml_equal,
 )
 
-# libvirt constants by value, so this file imports (and unit tests run) without libvirt-python.
-AFFECT_LIVE = 1  # VIR_DOMAIN_AFFECT_LIVE
-AFFECT_CONFIG = 2  # VIR_DOMAIN_AFFECT_CONFIG
-XML_INACTIVE = 2  # VIR_DOMAIN_XML_INACTIVE
-NODEDEV_CAP_PCI = 2  # VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV
-NODEDEV_CAP_USB = 4  # VIR_CONNECT_LIST_NODE_DEVICES_CAP_USB_DEV
+AFFECT_LIVE = VIR_DOMAIN_AFFECT_LIVE
+AFFECT_CONFIG = VIR_DOMAIN_AFFECT_CONFIG
+# The persistent and the live XML, with secret values so they compare.
+XML_CONFIG = VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE
+XML_LIVE = VIR_DOMAIN_XML_SECURE
 
 # Children of <devices> that libvirt can attach, update or detach.
 DEVICE_TAGS = (
-    "disk", "interface", "hostdev", "filesystem", "controller", "rng", "watchdog", "input", "sound",
-    "video", "serial", "console", "channel", "parallel", "redirdev", "smartcard", "tpm", "memballoon",
-    "vsock", "memory", "graphics", "shmem", "iommu", "panic", "lease", "hub", "audio", "crypto",
+    "disk",
+    "interface",
+    "hostdev",
+    "filesystem",
+    "controller",
+    "rng",
+    "watchdog",
+    "input",
+    "sound",
+    "video",
+    "serial",
+    "console",
+    "channel",
+    "parallel",
+    "redirdev",
+    "smartcard",
+    "tpm",
+    "memballoon",
+    "vsock",
+    "memory",
+    "graphics",
+    "shmem",
+    "iommu",
+    "panic",
+    "lease",
+    "hub",
+    "audio",
+    "crypto",
 )
 
 ACTIONS = ("none", "updated", "attached", "replaced", "detached")
@@ -65,6 +106,7 @@ POLL_INTERVAL = 0.5
 # --------------------------------------------------------------------------------------------
 # Parsing and validation of the intent
 # --------------------------------------------------------------------------------------------
+
 
 def parse_device(text):
     """Parse ``text`` into exactly one device element; anything else raises ValidationError."""
@@ -92,8 +134,7 @@ def parse_device(text):
         element.getparent().remove(element)
     if not isinstance(element.tag, str) or element.tag not in DEVICE_TAGS:
         raise ValidationError(
-            "xml root element is <%s>, which is not a device; give one child of <devices>: %s"
-            % (element.tag, ", ".join("<%s>" % tag for tag in DEVICE_TAGS))
+            "xml root element is <%s>, which is not a device; give one child of <devices>: %s" % (element.tag, ", ".join("<%s>" % tag for tag in DEVICE_TAGS))
         )
     return element
 
@@ -134,6 +175,7 @@ def _attr(element, child, name):
 # Finding the device in a domain's XML
 # --------------------------------------------------------------------------------------------
 
+
 def devices_of(domain_xml):
     """The <devices> element of a parsed domain (an empty one when the domain has none)."""
     devices = domain_xml.find("devices")
@@ -159,9 +201,7 @@ def find_device(devices, intent, match=None):
             raise ValidationError("match %r must select elements below <devices>, it returned %r" % (match, found))
         found = [item for item in found if item.getparent() is devices]
         if len(found) > 1:
-            raise ValidationError(
-                "match %r selects %d devices (%s); make it select one" % (match, len(found), ", ".join(device_label(item) for item in found))
-            )
+            raise ValidationError("match %r selects %d devices (%s); make it select one" % (match, len(found), ", ".join(device_label(item) for item in found)))
         return found[0] if found else None
     return match_children([intent], [child for child in devices if isinstance(child.tag, str)])[0][1]
 
@@ -192,6 +232,7 @@ def _disk_source(disk):
 # --------------------------------------------------------------------------------------------
 # Comparing intent and current device
 # --------------------------------------------------------------------------------------------
+
 
 def differences(intent, current):
     """What the intent asks that ``current`` lacks: (root attribute names, child tags).
@@ -279,6 +320,7 @@ def without_address(element):
 # Planning
 # --------------------------------------------------------------------------------------------
 
+
 def plan_target(intent, devices, state, match=None):
     """Plan one target (the live or the persistent definition).
 
@@ -346,8 +388,7 @@ def check_virtiofs(intent, domain_xml, name):
     if is_virtiofs(intent) and not has_shared_memory(domain_xml):
         raise ValidationError(
             "virtiofs needs the guest's memory to be shared with virtiofsd, and guest %s has no shared memory backing. "
-            "Add this to its <domain> (virtops.kvm.domain) and restart the guest, then attach the filesystem:\n%s"
-            % (name, SHARED_MEMORY_XML),
+            "Add this to its <domain> (virtops.kvm.domain) and restart the guest, then attach the filesystem:\n%s" % (name, SHARED_MEMORY_XML),
             xml_to_add=SHARED_MEMORY_XML,
         )
 
@@ -361,6 +402,7 @@ def overall_action(actions):
 # --------------------------------------------------------------------------------------------
 # Host devices: do they exist?
 # --------------------------------------------------------------------------------------------
+
 
 def hostdev_source(intent):
     """('pci', (domain, bus, slot, function)) / ('usb', {...}) for a host device intent, else None."""
@@ -407,7 +449,7 @@ def check_host_device(client, intent):
                 code=exc.get_error_code(),
             ) from exc
         return
-    devices = client.call("cannot list the host's USB devices", client.conn.listAllDevices, NODEDEV_CAP_USB)
+    devices = client.call("cannot list the host's USB devices", client.conn.listAllDevices, VIR_CONNECT_LIST_NODE_DEVICES_CAP_USB_DEV)
     for device in devices:
         capability = parse_xml(device.XMLDesc(0), "node device").find("capability[@type='usb_device']")
         if capability is None:
@@ -430,6 +472,7 @@ def check_host_device(client, intent):
 # Doing it
 # --------------------------------------------------------------------------------------------
 
+
 class DeviceManager:
     """Plans and applies one device on one guest. ``client`` is a LibvirtClient."""
 
@@ -442,6 +485,7 @@ class DeviceManager:
         self.config = config
         self.match = match
         self.timeout = timeout
+        self.inactive = None
         self.dom = client.lookup_domain(name)
         if self.dom is None:
             raise ValidationError("guest %s does not exist on %s; define it first (virtops.kvm.domain)" % (name, client.uri))
@@ -456,18 +500,42 @@ class DeviceManager:
         apply_live, apply_config = resolve_scope(active, persistent, self.live, self.config)
         plans = {}
         if apply_config:
-            inactive = self.read(XML_INACTIVE)
+            self.inactive = self.read(XML_CONFIG)
             if self.state == "present":
-                check_virtiofs(self.intent, inactive, self.name)
-            plans["config"] = plan_target(self.intent, devices_of(inactive), self.state, self.match)
+                check_virtiofs(self.intent, self.inactive, self.name)
+            plans["config"] = plan_target(self.intent, devices_of(self.inactive), self.state, self.match)
         if apply_live:
-            running = self.read(0)
+            running = self.read(XML_LIVE)
             if self.state == "present":
                 check_virtiofs(self.intent, running, self.name)
             plans["live"] = plan_target(self.intent, devices_of(running), self.state, self.match)
         if self.state == "present" and any(plan["action"] in ("attached", "replaced") for plan in plans.values()):
             check_host_device(self.client, self.intent)
         return plans
+
+    def replaced_definition(self, plan):
+        """The persistent definition with the planned device swapped for the intent (its old address kept)."""
+        old = plan["current"]
+        devices = old.getparent()
+        root = copy.deepcopy(self.inactive)
+        target = devices_of(root)[devices.index(old)]
+        new = for_libvirt(self.intent)
+        new.tail = None
+        if new.find("address") is None and old.find("address") is not None:
+            new.append(copy.deepcopy(old.find("address")))
+        target.addprevious(new)
+        target.getparent().remove(target)
+        return root
+
+    def validate(self, plans, schema):
+        """Check mode: a replacement in the persistent definition is validated as the real run's define will.
+
+        Returns ``None`` when nothing needed it, else whether the schema was there to check.
+        """
+        config = plans.get("config")
+        if config is None or config["action"] != "replaced":
+            return None
+        return schema.validate(self.replaced_definition(config), self.name)
 
     def apply(self, plans):
         """Carry out ``plans``; returns {'live': bool, 'config': bool} of what was changed."""
@@ -485,13 +553,16 @@ class DeviceManager:
                 self.wait_removed(done)
                 done["live"] = True
             else:
-                # The running guest first: when it refuses, the persistent definition is untouched.
-                if live_action != "none":
-                    self._apply_one(live, AFFECT_LIVE, done)
-                    done["live"] = True
-                if config_action != "none":
-                    self._apply_one(config, AFFECT_CONFIG, done)
-                    done["config"] = True
+                # A replacement validates the new element in the persistent definition first, so an
+                # invalid one fails before the running guest is touched; otherwise the running guest
+                # goes first, and when it refuses the persistent definition is untouched.
+                order = [("config", config, AFFECT_CONFIG), ("live", live, AFFECT_LIVE)]
+                if config_action != "replaced":
+                    order.reverse()
+                for key, plan, flag in order:
+                    if plan is not None and plan["action"] != "none":
+                        self._apply_one(plan, flag, done)
+                        done[key] = True
         except VirtopsError as exc:
             exc.details.setdefault("live_applied", done["live"])
             exc.details.setdefault("config_applied", done["config"])
@@ -508,11 +579,36 @@ class DeviceManager:
             self._call("detach", self.dom.detachDeviceFlags, plan["current"], flag)
             if flag == AFFECT_LIVE:
                 self.wait_removed(done)
+        elif action == "replaced" and flag == AFFECT_CONFIG:
+            self.client.call(
+                "cannot replace %s in the persistent definition of %s (defining it with the new element, validated by libvirt; "
+                "the old device is kept)" % (device_label(plan["current"]), self.name),
+                self.client.conn.defineXMLFlags,
+                to_string(self.replaced_definition(plan), pretty=False),
+                VIR_DOMAIN_DEFINE_VALIDATE,
+            )
         elif action == "replaced":
-            self._call("detach", self.dom.detachDeviceFlags, plan["current"], flag)
-            if flag == AFFECT_LIVE:
-                self.wait_removed(done)
-            self._call("re-attach", self.dom.attachDeviceFlags, self.intent, flag)
+            self._replace_live(plan, done)
+
+    def _replace_live(self, plan, done):
+        """Detach the old device, wait for the guest to release it, attach the new one; undo when that fails."""
+        self._call("detach", self.dom.detachDeviceFlags, plan["current"], AFFECT_LIVE)
+        self.wait_removed(done)
+        try:
+            self._call("attach", self.dom.attachDeviceFlags, self.intent, AFFECT_LIVE)
+        except VirtopsError as exc:
+            try:
+                self._call("re-attach the old", self.dom.attachDeviceFlags, plan["current"], AFFECT_LIVE)
+                undo = "the old device was attached again"
+            except VirtopsError as undo_exc:
+                undo = "re-attaching the old device failed too (%s): the running guest has neither" % undo_exc.msg
+            config_note = "the persistent definition has the new device" if done.get("config") else "the persistent definition was not changed"
+            raise LibvirtError(
+                "%s; %s, %s" % (exc.msg, undo, config_note),
+                code=getattr(exc, "code", None),
+                live_applied=False,
+                config_applied=bool(done.get("config")),
+            ) from exc
 
     def _call(self, verb, func, element, flags):
         where = " and ".join(name for bit, name in ((AFFECT_LIVE, "running guest"), (AFFECT_CONFIG, "persistent definition")) if flags & bit)
@@ -525,68 +621,75 @@ class DeviceManager:
         while True:
             if not self.client.call("cannot get the state of %s" % self.name, self.dom.isActive):
                 return
-            if find_device(devices_of(self.read(0)), self.intent, self.match) is None:
+            if find_device(devices_of(self.read(XML_LIVE)), self.intent, self.match) is None:
                 return
             if time.monotonic() >= deadline:
                 break
             time.sleep(POLL_INTERVAL)
         config_note = (
             "the persistent definition no longer has it, so it is gone after the next shutdown"
-            if done.get("config") else "the persistent definition was not changed"
+            if done.get("config")
+            else "the persistent definition was not changed"
         )
         raise LibvirtError(
             "guest %s did not release %s within %s seconds after the detach request: the running guest still has it; %s. "
             "The guest OS must support hot-unplug (ACPI/PCIe hotplug, its driver loaded); run again with a larger timeout, "
             "or shut the guest down" % (self.name, device_label(self.intent), self.timeout, config_note),
-            live_applied=False, config_applied=bool(done.get("config")),
+            live_applied=False,
+            config_applied=bool(done.get("config")),
         )
 
     def applied_device(self, plans):
         """The device as libvirt now holds it (persistent definition when managed, else live)."""
-        key, flags = ("config", XML_INACTIVE) if "config" in plans else ("live", 0)
-        found = find_device(devices_of(self.read(flags)), self.intent, self.match if plans[key]["action"] != "replaced" else None)
-        return found
+        key, flags = ("config", XML_CONFIG) if "config" in plans else ("live", XML_LIVE)
+        return find_device(devices_of(self.read(flags)), self.intent, self.match if plans[key]["action"] != "replaced" else None)
 
 
-def _text(element):
-    return to_string(element) if element is not None else ""
-
-
-def manage_device(client, name, xml, *, state="present", live="auto", config=None, match=None, timeout=30, check_mode=False, want_diff=False):
-    """Plan, and unless ``check_mode`` apply, one device; returns the module result."""
-    intent = parse_device(xml)
-    if match is None and intent.tag == "disk" and not _attr(intent, "target", "dev"):
+def check_params(params):
+    """What is refused from the parameters alone; returns the parsed intent."""
+    name = params["domain"]
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise ValidationError("domain %r is not a guest name libvirt accepts (empty, or with '/')" % (name,))
+    if params.get("timeout") is not None and params["timeout"] < 0:
+        raise ValidationError("timeout must not be negative, got %s" % params["timeout"])
+    intent = parse_device(params["xml"])
+    if params.get("match") is None and intent.tag == "disk" and not _attr(intent, "target", "dev"):
         # Without it the engine's identity is a wildcard that would pick the guest's first disk.
         raise ValidationError("a <disk> needs <target dev='...'/> (it is how the disk is found), or give match")
-    manager = DeviceManager(client, name, intent, state=state, live=live, config=config, match=match, timeout=timeout)
+    return intent
+
+
+def ensure_domain_device(backends, params, check_mode):
+    """Plan, validate, and unless ``check_mode`` apply, one device; returns the module result."""
+    intent = check_params(params)
+    name, state = params["domain"], params.get("state") or "present"
+    manager = DeviceManager(
+        backends.libvirt, name, intent, state=state, live=params.get("live") or "auto", config=params.get("config"),
+        match=params.get("match"), timeout=params.get("timeout") if params.get("timeout") is not None else 30,
+    )  # fmt: skip
     plans = manager.plan()
+    warnings = []
+    if check_mode:
+        schema = SchemaCheck(backends.uri)
+        if manager.validate(plans, schema) is False and schema.warning:
+            warnings.append(schema.warning)
     actions = {key: plan["action"] for key, plan in plans.items()}
     changed = any(action != "none" for action in actions.values())
     shown = plans.get("config") or plans.get("live")
+    header = "%s %s (%s)" % (name, device_label(intent), "persistent" if "config" in plans else "live")
     result = dict(
         changed=changed,
         action=overall_action(actions.values()),
         actions={key: actions.get(key) for key in ("live", "config")},
         live_applied=actions.get("live", "none") != "none",
         config_applied=actions.get("config", "none") != "none",
-        device=_text(shown["after"]),
+        device=masked_text(shown["after"]),
+        diff=dict(before=masked_text(shown["current"]), after=masked_text(shown["after"]), before_header=header, after_header=header),
+        warnings=warnings,
     )
-    if want_diff:
-        header = "%s %s (%s)" % (name, device_label(intent), "persistent" if "config" in plans else "live")
-        result["diff"] = dict(before=_text(shown["current"]), after=_text(shown["after"]), before_header=header, after_header=header)
     if changed and not check_mode:
         done = manager.apply(plans)
         result["live_applied"], result["config_applied"] = done["live"], done["config"]
         if state == "present":
-            result["device"] = _text(manager.applied_device(plans))
+            result["device"] = masked_text(manager.applied_device(plans))
     return result
-
-
-def run_domain_device(module):
-    """Runner for the ``domain_device`` module."""
-    params = module.params
-    with connect(module) as client:
-        return manage_device(
-            client, params["domain"], params["xml"], state=params["state"], live=params["live"], config=params["config"],
-            match=params["match"], timeout=params["timeout"], check_mode=module.check_mode, want_diff=module._diff,
-        )

@@ -1,16 +1,30 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The ``domain_info`` module's logic: read-only facts about libvirt guests."""
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""The ``domain_info`` module's logic: read-only facts about libvirt guests.
+
+:func:`ensure_domain_info` is the entry point; it only reads, over the read-only client the
+module asks :func:`run_module` for (a read-write one only when the guest agent is asked for
+addresses, which libvirt allows on no read-only connection).
+"""
 
 from __future__ import annotations
 
-from ansible_collections.virtops.kvm.plugins.module_utils._domain import STATE_NAMES, state_of
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import mask_in_place, state_of
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
-from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import connect, translated
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
+    VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+    VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+    VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+    translated,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, to_string
 
-IP_SOURCES = {"lease": 0, "agent": 1, "arp": 2}  # VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_*
-STATE_CHOICES = sorted(set(STATE_NAMES.values()))
+IP_SOURCES = {
+    "lease": VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+    "agent": VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+    "arp": VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+}
 
 
 def _int(text):
@@ -32,15 +46,17 @@ def disks_of(xml):
                 src = source.get("file") or source.get("dev") or source.get("dir") or source.get("name")
         target = disk.find("target")
         driver = disk.find("driver")
-        disks.append(dict(
-            target=target.get("dev") if target is not None else None,
-            bus=target.get("bus") if target is not None else None,
-            source=src,
-            format=driver.get("type") if driver is not None else None,
-            type=disk.get("type"),
-            device=disk.get("device", "disk"),
-            readonly=disk.find("readonly") is not None,
-        ))
+        disks.append(
+            dict(
+                target=target.get("dev") if target is not None else None,
+                bus=target.get("bus") if target is not None else None,
+                source=src,
+                format=driver.get("type") if driver is not None else None,
+                type=disk.get("type"),
+                device=disk.get("device", "disk"),
+                readonly=disk.find("readonly") is not None,
+            )
+        )
     return disks
 
 
@@ -54,13 +70,15 @@ def interfaces_of(xml):
         mac = iface.find("mac")
         model = iface.find("model")
         target = iface.find("target")
-        interfaces.append(dict(
-            mac=mac.get("address").lower() if mac is not None and mac.get("address") else None,
-            type=iface.get("type"),
-            source=src,
-            model=model.get("type") if model is not None else None,
-            target=target.get("dev") if target is not None else None,
-        ))
+        interfaces.append(
+            dict(
+                mac=mac.get("address").lower() if mac is not None and mac.get("address") else None,
+                type=iface.get("type"),
+                source=src,
+                model=model.get("type") if model is not None else None,
+                target=target.get("dev") if target is not None else None,
+            )
+        )
     return interfaces
 
 
@@ -90,8 +108,9 @@ def addresses_of(client, dom, sources):
         for ifname, data in result.items():
             mac = (data.get("hwaddr") or "").lower() or None
             for addr in data.get("addrs") or []:
-                entry = dict(address=addr.get("addr"), prefix=addr.get("prefix"), family="ipv6" if addr.get("type") == 1 else "ipv4",
-                             source=source, interface=ifname)
+                entry = dict(
+                    address=addr.get("addr"), prefix=addr.get("prefix"), family="ipv6" if addr.get("type") == 1 else "ipv4", source=source, interface=ifname
+                )
                 if entry not in found.setdefault(mac, []):
                     found[mac].append(entry)
     return found, errors
@@ -102,7 +121,7 @@ def describe_guest(client, dom, ip_sources=(), include_xml=False):
     name = dom.name()
     state, reason = state_of(dom)
     with translated("cannot read guest %s" % name):
-        xml_text = dom.XMLDesc(0)  # never secrets (graphics passwords): this is a read-only report
+        xml_text = dom.XMLDesc(0)  # without VIR_DOMAIN_XML_SECURE: no graphics passwords, no disk cookies
         persistent = bool(dom.isPersistent())
         autostart = bool(dom.autostart()) if persistent else False
         _state, max_kib, cur_kib, vcpus_now, _cpu_time = dom.info()
@@ -136,7 +155,8 @@ def describe_guest(client, dom, ip_sources=(), include_xml=False):
             iface["addresses"] = addresses.get(iface["mac"], [])
         guest["ip_errors"] = errors
     if include_xml:
-        guest["xml"] = to_string(xml)
+        # masked again: a last-applied intent an older domain module stored in <metadata> may hold a password
+        guest["xml"] = to_string(mask_in_place(xml))
     return guest
 
 
@@ -158,9 +178,13 @@ def gather_domains(client, name=None, states=None, ip_sources=(), include_xml=Fa
     return guests
 
 
-def run_domain_info(module):
-    """The ``domain_info`` module's runner."""
-    params = module.params
-    with connect(module, read_only=not params["ip_sources"]) as client:
-        guests = gather_domains(client, params["name"], params["state"], params["ip_sources"], params["include_xml"])
-    return dict(changed=False, domains=guests)
+def needs_read_write(params):
+    """Whether the run needs a read-write connection: only the guest agent's addresses do."""
+    return "agent" in (params.get("ip_sources") or [])
+
+
+def ensure_domain_info(backends, params, check_mode):
+    """The ``domain_info`` module: facts, never a change (``check_mode`` changes nothing either)."""
+    del check_mode  # nothing to skip: this module only reads
+    guests = gather_domains(backends.libvirt, params.get("name"), params.get("state"), params.get("ip_sources") or [], params.get("include_xml"))
+    return dict(changed=False, domains=guests, warnings=[])

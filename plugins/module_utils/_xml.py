@@ -1,5 +1,6 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to the virtops.kvm collection: not a public API, may change without notice.
 """The collection's one XML engine (lxml).
 
 Parsing and serialising, normalisation of values, the identity of repeated siblings, and the
@@ -17,6 +18,7 @@ import traceback
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._units import unit_factor
 
 LXML_IMPORT_ERROR = None
 try:
@@ -45,7 +47,8 @@ def parse_xml(text, what="XML"):
         reason = re.sub(r", line \d+, column \d+$", "", exc.msg or "")
         raise ValidationError(
             "%s is not well-formed XML: %s (line %s, column %s)" % (what, reason, line, column),
-            line=line, column=column,
+            line=line,
+            column=column,
         ) from exc
 
 
@@ -58,18 +61,6 @@ def to_string(element, pretty=True):
 # Normalisation
 # ---------------------------------------------------------------------------------------------
 
-# libvirt's scaled-integer units (docs: formatdomain.html#memory-allocation). "k"/"KiB" are powers
-# of 1024, "KB" powers of 1000; "b"/"bytes" are bytes.
-_UNIT_FACTORS = {
-    "b": 1, "byte": 1, "bytes": 1,
-    "kb": 1000, "k": 1024, "kib": 1024,
-    "mb": 1000 ** 2, "m": 1024 ** 2, "mib": 1024 ** 2,
-    "gb": 1000 ** 3, "g": 1024 ** 3, "gib": 1024 ** 3,
-    "tb": 1000 ** 4, "t": 1024 ** 4, "tib": 1024 ** 4,
-    "pb": 1000 ** 5, "p": 1024 ** 5, "pib": 1024 ** 5,
-    "eb": 1000 ** 6, "e": 1024 ** 6, "eib": 1024 ** 6,
-}
-
 # Elements whose unit-less value is in bytes (storage); every other scaled element defaults to KiB.
 BYTE_DEFAULT_TAGS = frozenset(("capacity", "allocation", "physical"))
 
@@ -77,23 +68,16 @@ _TRUE = frozenset(("yes", "on", "true", "1", "enable", "enabled"))
 _FALSE = frozenset(("no", "off", "false", "0", "disable", "disabled"))
 
 
-def _unit_factor(unit):
-    if unit is None:
-        return None
-    # Case-insensitive like libvirt's virScaleInteger: "k"/"KiB" are 1024, only "KB" is 1000.
-    factor = _UNIT_FACTORS.get(unit.strip().lower())
-    if factor is None:
-        raise ValidationError("unknown size unit %r (use b, KiB, MiB, GiB, TiB, KB, MB, GB...)" % unit)
-    return factor
-
-
 def to_bytes(value, unit=None, default_unit="KiB"):
-    """``value`` in ``unit`` (libvirt spelling, case-insensitive) as an integer number of bytes."""
+    """``value`` in ``unit`` (libvirt's scaled-integer spelling, case-insensitive) as bytes.
+
+    The units are the collection's one table (:mod:`._units`): ``k``/``KiB`` are 1024, ``KB`` 1000.
+    """
     try:
         number = int(str(value).strip())
     except ValueError as exc:
         raise ValidationError("size %r is not an integer" % (value,)) from exc
-    return number * _unit_factor(unit or default_unit)
+    return number * unit_factor(unit or default_unit, "size %r" % (value,))
 
 
 def to_kib(value, unit=None, default_unit="KiB"):
@@ -160,6 +144,7 @@ def values_equal(intent_value, current_value):
 # ---------------------------------------------------------------------------------------------
 # Identity of repeated siblings
 # ---------------------------------------------------------------------------------------------
+
 
 def _child(element, tag):
     if element is None:
@@ -310,6 +295,7 @@ def match_children(wanted, existing):
 # ---------------------------------------------------------------------------------------------
 # Three-way merge
 # ---------------------------------------------------------------------------------------------
+
 
 def _is_scaled(intent, current):
     if intent.get("unit") is None and current.get("unit") is None:
@@ -499,7 +485,11 @@ def write_last_applied(root, intent, namespace_uri=LAST_APPLIED_NS, prefix=LAST_
 def unified_diff(before_text, after_text, before_name="before", after_name="after", context=3):
     """A unified diff of two texts (empty string when they are equal)."""
     lines = difflib.unified_diff(
-        (before_text or "").splitlines(True), (after_text or "").splitlines(True), before_name, after_name, n=context,
+        (before_text or "").splitlines(True),
+        (after_text or "").splitlines(True),
+        before_name,
+        after_name,
+        n=context,
     )
     return "".join(lines)
 

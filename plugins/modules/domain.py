@@ -28,17 +28,76 @@ description:
     silently dropped.
   - The first run on a guest that was defined without this module stores the last-applied intent,
     so it reports a change once.
+  - Secret values in the intent, the ones libvirt only shows with C(VIR_DOMAIN_XML_SECURE) (a graphics
+    C(passwd), the cookies of a network disk), go into libvirt's definition and nowhere else. The
+    last-applied intent in C(<metadata>) stores C(********) in their place; RV(xml), RV(results[].xml)
+    and the diff show C(********); the task's C(invocation) masks the values. They are still compared
+    (the module reads the definition with C(VIR_DOMAIN_XML_SECURE)), so a changed password is a change
+    and an unchanged one is not; the diff then has an entry naming the secret that changes, masked.
+    A guest whose C(<metadata>) holds a password stored by an earlier version reports a change once,
+    when the placeholder replaces it.
+  - Several guests in one task with O(domains), over one libvirt connection.
 options:
   name:
-    description: Name of the guest.
+    description:
+      - Name of the guest. Required unless O(domains) is given; mutually exclusive with it.
+      - A name with C(/) or a control character is refused before libvirt is asked.
     type: str
-    required: true
   xml:
     description:
       - Full domain XML (the intent). Its C(<name>) must equal O(name). When it has none, O(name) is used.
       - Required to define a guest that does not exist yet. Without it, only the power state and
         O(autostart) of an existing guest are managed.
     type: str
+  domains:
+    description:
+      - Several guests in one task, each entry with the keys of a single guest (O(name), O(xml), O(state),
+        O(autostart), O(apply), O(shutdown_timeout), O(force), O(save_path), O(restore_from),
+        O(remove_storage)). Mutually exclusive with O(name) and O(xml).
+      - An entry's keys that are not set take the task's top-level value of that option (its default when
+        the task does not set it), except O(xml), which is per guest only.
+      - Every entry's parameters and XML are checked first (names, duplicates, XML well-formed and naming
+        its guest); an error there fails the task before any guest is touched.
+      - Then the guests are handled in list order, each planned, validated and applied before the next.
+        When one fails, the task fails with a message naming the entry and the guest; the guests before it
+        keep what was done to them, and RV(results) lists them with their changes (RV(changed) is true when
+        one of them changed); the entries after it are not touched.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the guest.
+        type: str
+        required: true
+      xml:
+        description: Its domain XML, as O(xml).
+        type: str
+      state:
+        description: As O(state).
+        type: str
+        choices: [present, running, shutdown, destroyed, paused, saved, restarted, absent]
+      autostart:
+        description: As O(autostart).
+        type: bool
+      shutdown_timeout:
+        description: As O(shutdown_timeout).
+        type: int
+      force:
+        description: As O(force).
+        type: bool
+      apply:
+        description: As O(apply).
+        type: str
+        choices: [next_boot, restart]
+      save_path:
+        description: As O(save_path).
+        type: path
+      restore_from:
+        description: As O(restore_from).
+        type: path
+      remove_storage:
+        description: As O(remove_storage).
+        type: bool
   state:
     description:
       - V(present) defines the guest and leaves its power state alone.
@@ -102,12 +161,19 @@ attributes:
     support: full
     details:
       - The same comparison as a real run predicts RV(ignore:changed).
-      - Check mode validates the merged XML with C(virt-xml-validate) when libvirt is local and the tool is
-        installed, so a schema error fails in check mode too.
+      - Check mode validates the merged XML against libvirt's installed schema (C(domain.rng) in libvirt's
+        schemas directory, with lxml's RelaxNG) when libvirt is on this machine, so a schema error fails in
+        check mode as it will in the real run. Where no schema is installed (or libvirt is remote), check mode
+        still predicts the change and warns that it could not validate.
   diff_mode:
     support: full
     details:
       - Unified diff of the inactive XML before and after, and of the power state and autostart.
+  idempotent:
+    description: Running it again with the same options changes nothing.
+    support: full
+    details:
+      - Except O(state=restarted), which reboots the guest on every run, as asked.
   platform:
     platforms: posix
 requirements:
@@ -148,6 +214,31 @@ EXAMPLES = r"""
     state: running
     restore_from: /var/lib/libvirt/save/web1.state
 
+- name: Several guests in one task (one libvirt connection); entries inherit the top-level state
+  virtops.kvm.domain:
+    state: running
+    shutdown_timeout: 60
+    domains:
+      - name: web1
+        xml: "{{ lookup('template', 'web1.xml.j2') }}"
+        autostart: true
+      - name: web2
+        xml: "{{ lookup('template', 'web2.xml.j2') }}"
+      - name: old-db
+        state: absent
+        force: true
+  register: guests
+
+- name: What happened to each
+  ansible.builtin.debug:
+    msg: "{{ item.name }}: {{ 'changed' if item.changed else 'ok' }} {{ item.actions }}"
+  loop: "{{ guests.results }}"
+
+- name: A VNC password is applied but never stored in metadata or shown (masked as ********)
+  virtops.kvm.domain:
+    name: web1
+    xml: "{{ lookup('template', 'web1-vnc.xml.j2') }}"  # has <graphics type='vnc' passwd='{{ vault_vnc_password }}'/>
+
 - name: Remove a guest and the disks it used
   virtops.kvm.domain:
     name: web1
@@ -159,7 +250,7 @@ EXAMPLES = r"""
 RETURN = r"""
 domain:
   description: The guest after the task (predicted in check mode); V(null) when it is absent.
-  returned: always
+  returned: with O(name)
   type: dict
   contains:
     name:
@@ -188,48 +279,107 @@ domain:
       description: The guest runs a configuration that lacks what the persistent XML (the intent) asks for; a restart applies it.
       type: bool
 xml:
-  description: The guest's inactive XML after the task (predicted in check mode).
-  returned: unless O(state=absent)
+  description: The guest's inactive XML after the task (predicted in check mode), secret values masked as C(********).
+  returned: with O(name), unless O(state=absent)
   type: str
 actions:
   description: The power and autostart actions taken (or that would be taken in check mode), in order.
-  returned: always
+  returned: with O(name)
   type: list
   elements: str
   sample: [shutdown, start]
 removed_storage:
   description: Paths of the volumes and files removed by O(remove_storage) (or that would be).
-  returned: when O(state=absent)
+  returned: with O(name) when O(state=absent)
   type: list
   elements: str
   sample: [/var/lib/libvirt/images/web1.qcow2]
+results:
+  description:
+    - With O(domains), one entry per guest handled, in list order. When an entry fails, the failed result
+      holds the entries before it (with RV(failed_guest) naming the one that failed).
+  returned: with O(domains)
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The guest's name.
+      type: str
+    changed:
+      description: Whether this guest changed (would change in check mode).
+      type: bool
+    domain:
+      description: As RV(domain) for this guest.
+      type: dict
+    xml:
+      description: As RV(xml) for this guest (secrets masked).
+      type: str
+    actions:
+      description: As RV(actions) for this guest.
+      type: list
+      elements: str
+    removed_storage:
+      description: As RV(removed_storage) for this guest (empty unless its O(state=absent)).
+      type: list
+      elements: str
+    diff:
+      description: This guest's diff entries (inactive XML, masked secrets, power and autostart), when it changed.
+      type: list
+      elements: dict
+failed_guest:
+  description: With O(domains), the name of the guest whose entry failed.
+  returned: on failure with O(domains)
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._domain import STATES, run_domain
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._domain import APPLY_CHOICES, STATES, ensure_domain
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import secret_values_of_text
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import require_lxml
 
 
 def main():
-    argument_spec = dict(
+    guest_options = dict(
         name=dict(type="str", required=True),
         xml=dict(type="str"),
+        state=dict(type="str", choices=STATES),
+        autostart=dict(type="bool"),
+        shutdown_timeout=dict(type="int"),
+        force=dict(type="bool"),
+        apply=dict(type="str", choices=APPLY_CHOICES),
+        save_path=dict(type="path"),
+        restore_from=dict(type="path"),
+        remove_storage=dict(type="bool"),
+    )
+    argument_spec = dict(
+        name=dict(type="str"),
+        xml=dict(type="str"),
+        domains=dict(type="list", elements="dict", options=guest_options),
         state=dict(type="str", default="present", choices=STATES),
         autostart=dict(type="bool"),
         shutdown_timeout=dict(type="int", default=120),
         force=dict(type="bool", default=False),
-        apply=dict(type="str", default="next_boot", choices=["next_boot", "restart"]),
+        apply=dict(type="str", default="next_boot", choices=APPLY_CHOICES),
         save_path=dict(type="path"),
         restore_from=dict(type="path"),
         remove_storage=dict(type="bool", default=False),
     )
     argument_spec.update(LIBVIRT_COMMON_ARGS)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+        mutually_exclusive=[("name", "domains"), ("xml", "domains")],
+        required_one_of=[("name", "domains")],
+    )
     require_lxml(module)
-    run_module(module, run_domain)
+    # secret values of the intents (a graphics passwd) are masked wherever Ansible shows the task
+    texts = [module.params["xml"]] + [entry.get("xml") for entry in module.params["domains"] or []]
+    for text in texts:
+        module.no_log_values.update(secret_values_of_text(text))
+    run_module(module, ensure_domain)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,14 @@ description:
     overrides them.
   - A device that exists with other settings is changed in place when libvirt can do that
     (C(virDomainUpdateDeviceFlags)), that is CD-ROM and floppy media change or eject, interface link state and
-    bandwidth. Any other difference detaches the device and attaches it again. RV(action) says which.
+    bandwidth. Any other difference replaces the device. RV(action) says which.
+  - A replacement in the persistent definition defines the guest's whole definition with the new element in
+    place of the old one, validated by libvirt (C(VIR_DOMAIN_DEFINE_VALIDATE)), so an invalid element fails and
+    the old device stays. It runs before the running guest is touched. On the running guest the old device is
+    detached, released by the guest, and the new one attached; when libvirt refuses the new one, the old one is
+    attached again and the module fails saying so.
+  - Secret values (a graphics C(passwd)) are compared, but never returned: RV(device) and the diff show
+    C(********), and the value is masked in the task's C(invocation).
   - A C(<disk device='cdrom'>) (or floppy) without C(<source>) means an empty drive, so giving it for a drive
     that holds media ejects it.
   - A C(<disk device='disk'>) whose target dev is already used by a disk with another source is refused
@@ -78,11 +85,17 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+    details:
+      - A replacement in the persistent definition is validated against libvirt's installed schema (lxml
+        RelaxNG), as the real run's define will; where no schema is installed it warns that it could not.
   diff_mode:
     support: full
     details:
       - The diff shows the device element before and after, from the persistent definition when it is managed,
         else from the running guest.
+  idempotent:
+    description: Running it again with the same options changes nothing.
+    support: full
   platform:
     platforms: posix
 requirements:
@@ -206,9 +219,10 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_device import run_domain_device
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_device import ensure_domain_device
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import secret_values_of_text
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import require_lxml
 
 
@@ -225,7 +239,9 @@ def main():
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     require_lxml(module)
-    run_module(module, run_domain_device)
+    # a password in the device XML is masked wherever Ansible shows the task (result, invocation)
+    module.no_log_values.update(secret_values_of_text(module.params["xml"]))
+    run_module(module, ensure_domain_device)
 
 
 if __name__ == "__main__":

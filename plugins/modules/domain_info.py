@@ -11,7 +11,10 @@ version_added: 0.1.0
 description:
   - Lists libvirt guests (domains), all of them or one, with their state, resources, disks and interfaces.
   - Reads the live XML of running guests and the persistent XML of stopped ones. Never changes anything.
-  - Opens a read-only libvirt connection unless O(ip_sources) asks for addresses.
+  - Opens a read-only libvirt connection, unless O(ip_sources) asks the guest agent (V(agent)), which libvirt
+    answers only on a read-write connection.
+  - Secret values (graphics passwords, network disk cookies) are never returned; in RV(domains[].xml) they read
+    C(********), also inside the last-applied intent M(virtops.kvm.domain) keeps in C(<metadata>).
 options:
   name:
     description: Only this guest. A name that does not exist fails.
@@ -31,13 +34,18 @@ options:
     choices: [lease, agent, arp]
     default: []
   include_xml:
-    description: Also return each guest's XML (without secrets).
+    description: Also return each guest's XML (secret values masked).
     type: bool
     default: false
 extends_documentation_fragment:
   - virtops.kvm._libvirt
   - virtops.kvm._attributes.INFO_MODULE
 attributes:
+  idempotent:
+    description: Running it again with the same options changes nothing.
+    support: full
+    details:
+      - It only reads.
   platform:
     platforms: posix
 requirements:
@@ -139,9 +147,10 @@ domains:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import STATE_CHOICES, run_domain_info
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import ensure_domain_info, needs_read_write
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import STATE_CHOICES
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import require_lxml
 
 
@@ -155,7 +164,7 @@ def main():
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     require_lxml(module)
-    run_module(module, run_domain_info)
+    run_module(module, ensure_domain_info, read_only=not needs_read_write(module.params))
 
 
 if __name__ == "__main__":

@@ -13,18 +13,25 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
     live_equivalence,
     machine_aliases,
     referenced_storage,
-    schema_validator,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import gather_domains
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import SchemaCheck, find_domain_schema
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
-from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, read_last_applied
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
+    VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
+    VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+    VIR_DOMAIN_XML_INACTIVE,
+    VIR_DOMAIN_XML_SECURE,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends, finish
+from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, read_last_applied, to_string
 
 NAME = "virtops-test-domain-unit"
+OTHERS = ("virtops-test-domain-unit-b", "virtops-test-domain-unit-c")
 
 
 def domain_xml(memory="192", unit="MiB", *, disks=("vda",), tmp="/tmp", name=NAME, extra=""):
-    disk_xml = "".join(
-        "<disk type='file' device='disk'><source file='%s/%s.img'/><target dev='%s'/></disk>" % (tmp, dev, dev) for dev in disks
-    )
+    disk_xml = "".join("<disk type='file' device='disk'><source file='%s/%s.img'/><target dev='%s'/></disk>" % (tmp, dev, dev) for dev in disks)
     return (
         "<domain type='test'><name>%s</name><memory%s>%s</memory><vcpu>1</vcpu><os><type>hvm</type></os>%s"
         "<devices>%s<interface type='network'><source network='default'/></interface></devices></domain>"
@@ -37,12 +44,13 @@ def _clean(test_conn):
     """test:///default is shared by the whole process: remove our guest before and after each test."""
 
     def remove():
-        dom = test_conn.lookup_domain(NAME)
-        if dom is not None:
-            if dom.isActive():
-                dom.destroy()
-            if dom.isPersistent():
-                dom.undefineFlags(1 | 2)
+        for name in (NAME, *OTHERS):
+            dom = test_conn.lookup_domain(name)
+            if dom is not None:
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefineFlags(VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
 
     remove()
     yield
@@ -50,14 +58,34 @@ def _clean(test_conn):
 
 
 def params(**kwargs):
-    base = dict(name=NAME, xml=domain_xml(), state="present", autostart=None, shutdown_timeout=5, force=False, apply="next_boot",
-                save_path=None, restore_from=None, remove_storage=False)
+    base = dict(
+        name=NAME,
+        xml=domain_xml(),
+        domains=None,
+        state="present",
+        autostart=None,
+        shutdown_timeout=5,
+        force=False,
+        apply="next_boot",
+        save_path=None,
+        restore_from=None,
+        remove_storage=False,
+        uri="test:///default",
+    )
     base.update(kwargs)
     return base
 
 
+def run_raw(conn, check=False, **kwargs):
+    """The entry point's own result (diff always there, warnings as a list)."""
+    return ensure_domain(Backends(libvirt=conn), params(**kwargs), check)
+
+
 def run(conn, check=False, **kwargs):
-    return ensure_domain(conn, params(**kwargs), check_mode=check, want_diff=True)
+    """What the module returns in diff mode: run_module's finish() drops the diff when nothing changed."""
+    result, warnings = finish(run_raw(conn, check, **kwargs), True)
+    result["warnings"] = warnings
+    return result
 
 
 def test_define_then_idempotent(test_conn):
@@ -77,7 +105,7 @@ def test_equal_sizes_in_other_units_are_no_change(test_conn, memory, unit):
     run(test_conn)
     result = run(test_conn, xml=domain_xml(memory=memory, unit=unit))
     # the stored intent changes (so the next removal is computed right), the configuration does not
-    assert "<memory unit=\"KiB\">196608</memory>" in result["xml"]
+    assert '<memory unit="KiB">196608</memory>' in result["xml"]
 
 
 def test_memory_change_is_predicted_and_applied(test_conn):
@@ -85,7 +113,7 @@ def test_memory_change_is_predicted_and_applied(test_conn):
     check = run(test_conn, check=True, xml=domain_xml(memory="256"))
     real = run(test_conn, xml=domain_xml(memory="256"))
     assert check["changed"] is real["changed"] is True
-    assert "262144" in real["xml"] and "<currentMemory unit=\"KiB\">262144" in real["xml"]
+    assert "262144" in real["xml"] and '<currentMemory unit="KiB">262144' in real["xml"]
     assert "262144" in real["diff"][0]["after"] and "196608" in real["diff"][0]["before"]
     assert not run(test_conn, xml=domain_xml(memory="256"))["changed"]
 
@@ -121,33 +149,69 @@ def test_schema_validation_rejects_unknown_elements(test_conn):
     assert test_conn.lookup_domain(NAME) is None
 
 
-class _Runner:
-    """CommandRunner's interface over subprocess (virt-xml-validate is a real local tool)."""
-
-    def which(self, name):
-        import shutil
-
-        return shutil.which(name)
-
-    def run(self, args, check=True):
-        import subprocess
-
-        proc = subprocess.run(args, capture_output=True, text=True, check=check)
-        return proc.returncode, proc.stdout, proc.stderr
-
-
 @pytest.mark.parametrize("extra,ok", [("", True), ("<bogus/>", False)])
 def test_check_mode_predicts_schema_errors(test_conn, extra, ok):
-    validate = schema_validator(_Runner())
-    if validate is None:
-        pytest.skip("virt-xml-validate is not installed")
-    xml = domain_xml(extra=extra).replace("type='test'", "type='qemu'")
+    if find_domain_schema() is None:
+        pytest.fail("libvirt's domain.rng is not installed: the harness installs libvirt (libvirt-daemon-system)")
     if ok:
-        assert ensure_domain(test_conn, params(xml=xml), check_mode=True, validate=validate)["changed"]
+        result = run(test_conn, check=True, xml=domain_xml(extra=extra))
+        assert result["changed"] and result["warnings"] == []
     else:
-        with pytest.raises(ValidationError, match=r"failed to validate against schema.*bogus"):
-            ensure_domain(test_conn, params(xml=xml), check_mode=True, validate=validate)
+        with pytest.raises(ValidationError, match=r"failed to validate against schema .*domain\.rng.*bogus") as err:
+            run(test_conn, check=True, xml=domain_xml(extra=extra))
+        assert any("bogus" in line for line in err.value.details["schema_errors"])
     assert test_conn.lookup_domain(NAME) is None
+
+
+def test_check_mode_without_a_schema_predicts_and_warns(test_conn, tmp_path, monkeypatch):
+    from ansible_collections.virtops.kvm.plugins.module_utils import _domain_state
+
+    monkeypatch.setattr(_domain_state, "schema_dirs", lambda: [str(tmp_path)])
+    result = run(test_conn, check=True, xml=domain_xml(extra="<bogus/>"))
+    assert result["changed"] is True
+    assert len(result["warnings"]) == 1 and "could not validate" in result["warnings"][0] and str(tmp_path) in result["warnings"][0]
+    assert test_conn.lookup_domain(NAME) is None
+    # a run that defines nothing has nothing to warn about
+    run(test_conn)
+    assert run(test_conn, check=True)["warnings"] == []
+
+
+def test_schema_check_is_skipped_for_a_remote_libvirt():
+    check = SchemaCheck("qemu+ssh://hv1/system")
+    assert check.path is None and "not on this machine" in check.warning
+    assert check.validate(parse_xml("<domain><bogus/></domain>"), "x") is False
+
+
+def test_schema_check_finds_the_schema_virt_xml_validate_names(tmp_path, monkeypatch):
+    from ansible_collections.virtops.kvm.plugins.module_utils import _domain_state
+
+    schemas = tmp_path / "share" / "schemas"
+    schemas.mkdir(parents=True)
+    (schemas / "domain.rng").write_text(
+        "<grammar xmlns='http://relaxng.org/ns/structure/1.0'><start><element name='domain'><empty/></element></start></grammar>"
+    )
+    tool = tmp_path / "virt-xml-validate"
+    tool.write_text('#!/bin/sh\nSCHEMA="%s/${TYPE}.rng"\n' % schemas)
+    monkeypatch.setattr(_domain_state.shutil, "which", lambda name: str(tool))
+    assert _domain_state.schema_dirs()[0] == str(schemas)
+    check = SchemaCheck("qemu:///system")
+    assert check.path == str(schemas / "domain.rng")
+    assert check.validate(parse_xml("<domain/>"), "x") is True
+    with pytest.raises(ValidationError, match="failed to validate"):
+        check.validate(parse_xml("<domain><x/></domain>"), "x")
+
+
+@pytest.mark.parametrize("name", ["a/b", "bad\nname", "", " padded"])
+def test_names_libvirt_refuses_are_refused_early(test_conn, name):
+    for check in (True, False):
+        with pytest.raises(ValidationError, match="name"):
+            run(test_conn, check=check, name=name, xml=domain_xml(name=name) if name.strip() else domain_xml())
+    assert test_conn.lookup_domain(NAME) is None
+
+
+def test_slash_in_name_message(test_conn):
+    with pytest.raises(ValidationError, match=r"contains '/', which libvirt refuses"):
+        run(test_conn, check=True, name="virtops/x", xml=None)
 
 
 def test_missing_guest_without_xml_fails(test_conn):
@@ -319,3 +383,137 @@ def test_shutdown_timeout_then_force(test_conn, force):
             life.shutdown()
         assert not dom.destroyed
     assert clock.now >= 3
+
+
+# ------------------------------------------------------------------ secrets (issue 11 item 2)
+
+VNC = "<graphics type='vnc' port='-1' autoport='yes' passwd='%s'/>"
+
+
+def _secure_xml(conn, name=NAME):
+    return parse_xml(conn.lookup_domain(name).XMLDesc(VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE))
+
+
+def test_a_vnc_password_is_applied_compared_and_never_stored_or_returned(test_conn):
+    first = run(test_conn, xml=domain_xml(extra="").replace("</devices>", VNC % "s3cret-one" + "</devices>"))
+    assert first["changed"]
+    assert _secure_xml(test_conn).find("devices/graphics").get("passwd") == "s3cret-one"
+    stored = read_last_applied(_secure_xml(test_conn))
+    assert stored.find("devices/graphics").get("passwd") == "********"
+    assert "s3cret" not in str(first) and 'passwd="********"' in first["xml"]
+    again = run(test_conn, xml=domain_xml().replace("</devices>", VNC % "s3cret-one" + "</devices>"))
+    assert again["changed"] is False
+
+    changed = run(test_conn, xml=domain_xml().replace("</devices>", VNC % "s3cret-two" + "</devices>"))
+    assert changed["changed"] and "s3cret" not in str(changed)
+    assert _secure_xml(test_conn).find("devices/graphics").get("passwd") == "s3cret-two"
+    secrets = [entry for entry in changed["diff"] if "secret values" in entry["before_header"]]
+    assert secrets and secrets[0]["after"] == "graphics/@passwd: ******** (new value)\n"
+
+    removed = run(test_conn, xml=domain_xml().replace("</devices>", "<graphics type='vnc' port='-1' autoport='yes'/></devices>"))
+    assert removed["changed"] and _secure_xml(test_conn).find("devices/graphics").get("passwd") is None
+
+
+def test_check_mode_predicts_a_password_change_without_showing_it(test_conn):
+    run(test_conn, xml=domain_xml().replace("</devices>", VNC % "s3cret-one" + "</devices>"))
+    check = run(test_conn, check=True, xml=domain_xml().replace("</devices>", VNC % "s3cret-two" + "</devices>"))
+    assert check["changed"] and "s3cret" not in str(check)
+    assert _secure_xml(test_conn).find("devices/graphics").get("passwd") == "s3cret-one"
+
+
+def test_a_password_from_an_older_version_in_metadata_is_masked_everywhere(test_conn):
+    """A guest whose <metadata> holds a password (written before it was masked) shows it nowhere."""
+    from ansible_collections.virtops.kvm.plugins.module_utils._xml import write_last_applied
+
+    xml = domain_xml().replace("</devices>", VNC % "s3cret-old" + "</devices>")
+    root = parse_xml(xml)
+    write_last_applied(root, parse_xml(xml))
+    test_conn.conn.defineXML(to_string(root))
+    (guest,) = gather_domains(test_conn, name=NAME, include_xml=True)
+    assert "s3cret" not in guest["xml"] and "********" in guest["xml"]
+    once = run(test_conn, xml=xml)
+    assert once["changed"] and "s3cret" not in str(once)
+    assert read_last_applied(_secure_xml(test_conn)).find("devices/graphics").get("passwd") == "********"
+    assert not run(test_conn, xml=xml)["changed"]
+
+
+def test_secret_values_of_intents():
+    from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import mask_secrets, secret_values_of_text
+
+    xml = (
+        "<domain><devices><graphics type='vnc' passwd='a1'/><graphics type='spice' passwd='b2'/>"
+        "<disk type='network' device='disk'><source protocol='https' name='x'><host name='h'/>"
+        "<cookies><cookie name='c'>c3</cookie></cookies></source><target dev='vda'/></disk></devices></domain>"
+    )
+    assert secret_values_of_text(xml) == ["a1", "b2", "c3"]
+    assert secret_values_of_text("<not xml") == [] and secret_values_of_text(None) == []
+    masked = mask_secrets(parse_xml(xml))
+    assert [g.get("passwd") for g in masked.iter("graphics")] == ["********", "********"]
+    assert masked.find("devices/disk/source/cookies/cookie").text == "********"
+
+
+# ------------------------------------------------------------------ several guests (domains)
+
+
+def batch(conn, entries, check=False, **top):
+    p = params(name=None, xml=None, domains=entries, **top)
+    result, warnings = finish(ensure_domain(Backends(libvirt=conn), p, check), True)
+    result["warnings"] = warnings
+    return result
+
+
+def _entries(*names, **extra):
+    return [dict(name=name, xml=domain_xml(name=name), **extra) for name in names]
+
+
+def test_several_guests_are_defined_once_over_one_connection(test_conn):
+    names = (NAME, *OTHERS)
+    check = batch(test_conn, _entries(*names), check=True)
+    assert check["changed"] and [r["name"] for r in check["results"]] == list(names)
+    assert all(test_conn.lookup_domain(name) is None for name in names)
+    first = batch(test_conn, _entries(*names), state="running")
+    assert first["changed"] and all(r["changed"] and r["domain"]["state"] == "running" for r in first["results"])
+    assert [r["actions"] for r in first["results"]] == [["start"]] * 3
+    assert len([d for d in first["diff"] if "inactive XML" in d["before_header"]]) == 3
+    again = batch(test_conn, _entries(*names), state="running")
+    assert again["changed"] is False and not any(r["changed"] for r in again["results"]) and "diff" not in again
+    # an entry's own state wins over the top-level one
+    mixed = batch(test_conn, [dict(name=NAME, state="shutdown"), dict(name=OTHERS[0])], state="running")
+    assert [r["changed"] for r in mixed["results"]] == [True, False]
+    assert test_conn.lookup_domain(NAME).isActive() == 0
+
+
+def test_a_failing_guest_names_itself_and_reports_the_guests_before_it(test_conn):
+    entries = [*_entries(NAME), dict(name=OTHERS[0], xml=domain_xml(name=OTHERS[0], extra="<bogus/>")), *_entries(OTHERS[1])]
+    with pytest.raises(VirtopsError) as err:
+        batch(test_conn, entries)
+    msg = err.value.msg
+    assert msg.startswith("domains[1] (guest %s) failed: cannot define guest %s" % (OTHERS[0], OTHERS[0]))
+    assert "the guests before it were handled and their changes stay: %s" % NAME in msg and "entries after it were not touched" in msg
+    details = err.value.details
+    assert details["failed_guest"] == OTHERS[0] and details["changed"] is True
+    assert [r["name"] for r in details["results"]] == [NAME]
+    assert test_conn.lookup_domain(NAME) is not None
+    assert test_conn.lookup_domain(OTHERS[0]) is None and test_conn.lookup_domain(OTHERS[1]) is None
+
+
+@pytest.mark.parametrize(
+    "entries,words",
+    [
+        ([dict(name=NAME, xml=domain_xml())] * 2, "both name guest %s" % NAME),
+        ([dict(name=NAME, xml=domain_xml()), dict(name=OTHERS[0], xml="<domain><name>x")], "domains[1] (guest %s): xml is not well-formed" % OTHERS[0]),
+        ([dict(name=NAME, xml=domain_xml()), dict(name="a/b", xml=None)], "domains[1].name 'a/b' contains '/'"),
+        ([dict(name=NAME, xml=domain_xml()), dict(name=OTHERS[0], xml=domain_xml(name=NAME))], "does not match name=%s" % OTHERS[0]),
+    ],
+)
+def test_bad_entries_fail_before_any_guest_is_touched(test_conn, entries, words):
+    with pytest.raises(ValidationError) as err:
+        batch(test_conn, entries)
+    assert words in err.value.msg
+    assert test_conn.lookup_domain(NAME) is None
+
+
+def test_name_and_domains_are_exclusive(test_conn):
+    with pytest.raises(ValidationError, match="mutually exclusive"):
+        ensure_domain(Backends(libvirt=test_conn), params(domains=_entries(OTHERS[0])), False)
+    assert test_conn.lookup_domain(OTHERS[0]) is None

@@ -20,10 +20,7 @@ STOPPED = "virtops-test-domain-info-stopped"
 
 @pytest.fixture
 def stopped_guest(test_conn):
-    xml = (
-        "<domain type='test'><name>%s</name><memory unit='MiB'>192</memory><vcpu current='1'>2</vcpu>"
-        "<os><type>hvm</type></os></domain>" % STOPPED
-    )
+    xml = "<domain type='test'><name>%s</name><memory unit='MiB'>192</memory><vcpu current='1'>2</vcpu><os><type>hvm</type></os></domain>" % STOPPED
     dom = test_conn.conn.defineXML(xml)
     yield dom
     dom.undefine()

@@ -109,16 +109,16 @@ def merged(intent=INTENT, current=CURRENT, last=None, equal=machine_alias):
 @pytest.mark.parametrize(
     "value,unit,default,expected",
     [
-        ("4", "GiB", "KiB", 4 * 1024 ** 3),
-        ("4194304", "KiB", "KiB", 4 * 1024 ** 3),
-        ("4194304", None, "KiB", 4 * 1024 ** 3),
+        ("4", "GiB", "KiB", 4 * 1024**3),
+        ("4194304", "KiB", "KiB", 4 * 1024**3),
+        ("4194304", None, "KiB", 4 * 1024**3),
         ("1", "KB", "KiB", 1000),
         ("1", "k", "KiB", 1024),
-        ("1", "m", "KiB", 1024 ** 2),
-        ("1", "MB", "KiB", 1000 ** 2),
+        ("1", "m", "KiB", 1024**2),
+        ("1", "MB", "KiB", 1000**2),
         ("512", "b", "KiB", 512),
         ("512", None, "bytes", 512),
-        ("2", "TiB", "KiB", 2 * 1024 ** 4),
+        ("2", "TiB", "KiB", 2 * 1024**4),
         (" 3 ", "bytes", "KiB", 3),
     ],
 )
@@ -359,7 +359,7 @@ def test_unified_diff_shows_only_the_change():
     after = to_string(merged(intent=INTENT.replace("<vcpu>2</vcpu>", "<vcpu>3</vcpu>"), last=INTENT))
     diff = unified_diff(before, after)
     changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    assert changed == ["-  <vcpu placement=\"static\">2</vcpu>", "+  <vcpu placement=\"static\">3</vcpu>"]
+    assert changed == ['-  <vcpu placement="static">2</vcpu>', '+  <vcpu placement="static">3</vcpu>']
     assert unified_diff(before, before) == ""
 
 
