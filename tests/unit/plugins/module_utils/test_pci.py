@@ -159,7 +159,7 @@ class FakeLibvirt:
 class Host:
     """What a test drives: the kernel-like tree, the fake runner, netlink and guests, and check mode."""
 
-    def __init__(self, fs, runner, net, guests, check_mode, root="/"):
+    def __init__(self, fs, runner, net, guests, *, check_mode, root="/"):
         self.fs, self.runner, self.net, self.guests, self.check_mode, self.root = fs, runner, net, guests, check_mode, root
 
     def backends(self):
@@ -167,7 +167,7 @@ class Host:
         return Backends(libvirt=FakeLibvirt(guests if self.guests is not None else []), hostfs=self.fs, commands=self.runner, netlink=self.net, root=self.root)
 
     def checking(self):
-        return Host(self.fs, self.runner, self.net, self.guests, True, self.root)
+        return Host(self.fs, self.runner, self.net, self.guests, check_mode=True, root=self.root)
 
 
 def _host(fakehost, check_mode=False, net=None, guests=None):
@@ -179,10 +179,10 @@ def _host(fakehost, check_mode=False, net=None, guests=None):
         with open(fs.path("/sys/class/net/%s/flags" % ifname), "w", encoding="utf-8") as handle:
             handle.write("0x1003\n")
     # root "/" with a kernel-like tree: the unconfined code paths, against stand-ins for the kernel and netlink
-    return Host(fs, FakeRunner(fs), net or FakeNet(), guests, check_mode)
+    return Host(fs, FakeRunner(fs), net or FakeNet(), guests, check_mode=check_mode)
 
 
-def vfio(host, devices=None, ids=None, state="bound", group_policy="fail", force=False, persistent=False, initramfs=True):
+def vfio(host, *, devices=None, ids=None, state="bound", group_policy="fail", force=False, persistent=False, initramfs=True):
     params = {
         "devices": devices,
         "ids": ids,
@@ -195,7 +195,7 @@ def vfio(host, devices=None, ids=None, state="bound", group_policy="fail", force
     return _vfio_pci.ensure_vfio_pci(host.backends(), params, host.check_mode, sleep=lambda _s: None)
 
 
-def sriov(host, device, num_vfs=None, vfs=(), vf_driver=None, persistent=False, force=False, timeout=60):
+def sriov(host, device, *, num_vfs=None, vfs=(), vf_driver=None, persistent=False, force=False, timeout=60):
     params = {"device": device, "num_vfs": num_vfs, "vfs": list(vfs), "vf_driver": vf_driver, "persistent": persistent, "force": force, "timeout": timeout}
     return _sriov.ensure_sriov(host.backends(), params, host.check_mode, sleep=lambda _s: None)
 
@@ -526,7 +526,7 @@ def test_fault_vfio_under_fake_root_runs_no_modprobe(fakehost):
 
 def test_fault_sriov_under_fake_root_reads_no_netlink(fakehost):
     host = _confined(fakehost)
-    with pytest.raises(ValidationError, match="netlink, which with root=.* would be this machine's"):
+    with pytest.raises(ValidationError, match=r"netlink, which with root=.* would be this machine.s"):
         sriov(host, PF, vfs=[{"index": 0, "mac": "02:00:00:00:00:05"}])
     # the count and the rule work from the tree alone, with no netlink and no command
     result = sriov(host, PF, num_vfs=3, persistent=True)
