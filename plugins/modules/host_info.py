@@ -73,7 +73,7 @@ host:
           whether the user QEMU runs as (C(qemu_user), with C(qemu_group)) can open it read-write
           (C(usable_by_qemu_user), V(null) when that user is unknown); the kvm module and its C(nested) parameter.
         - When C(/dev/kvm) exists but QEMU cannot open it, C(slow_libvirt_cause) explains that this is why libvirt
-          calls are slow (libvirt 9.0 re-probes QEMU's capabilities on every call: C(defineXML) took 48 s instead
+          calls are slow (libvirt 9.0 re-probes QEMU's capabilities on every call, so C(defineXML) took 48 s instead
           of 0.02 s), C(reason) names the fix, and the module warns. Otherwise C(slow_libvirt_cause) is V(null).
         - Tri-states (C(usable_by_qemu_user), C(nested)) are V(true), V(false), or V(null) when the host does not say.
       returned: when gathered

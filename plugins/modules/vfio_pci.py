@@ -75,7 +75,7 @@ attributes:
     platforms: posix
 notes:
   - When O(root) is not V(/), nothing runs on this machine - no C(modprobe vfio-pci) (C(vfio-pci) must already be loaded in
-    that tree) and no initramfs rebuild: the module warns with the command to run inside that system instead.
+    that tree) and no initramfs rebuild; the module warns with the command to run inside that system instead.
   - The recorded drivers and the persistent files are changed under a file lock, so concurrent runs both land their change.
 author:
   - virtops.kvm maintainers (@virtops)
