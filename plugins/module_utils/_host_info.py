@@ -15,7 +15,7 @@ import re
 from ansible_collections.virtops.kvm.plugins.module_utils import _libvirt
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
 from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import NODES, gather_apparmor, gather_hugepages, gather_ksm, node_ids, tristate
-from ansible_collections.virtops.kvm.plugins.module_utils._pci import PCI_DEVICES, pci_device, vf_addresses
+from ansible_collections.virtops.kvm.plugins.module_utils._pci import PCI_DEVICES, int_or_none, pci_device, vf_addresses
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml
 
 SUBSETS = ("cpu", "kvm", "numa", "hugepages", "iommu", "sriov", "apparmor", "ksm", "libvirt")
@@ -247,13 +247,6 @@ def gather_sriov(fs):
 
 
 # -- libvirt -----------------------------------------------------------------------------------
-def _int_or_none(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _version(number):
     if number is None:
         return None
@@ -296,7 +289,7 @@ def gather_libvirt(client):
         "hypervisor_version": hv_version,
         "host_arch": host_arch,
         "host_cpu_model": host_cpu.findtext("model") if host_cpu is not None else None,
-        "host_maxphysaddr": {"mode": maxphys.get("mode"), "bits": _int_or_none(maxphys.get("bits"))} if maxphys is not None else None,
+        "host_maxphysaddr": {"mode": maxphys.get("mode"), "bits": int_or_none(maxphys.get("bits"))} if maxphys is not None else None,
         "domain_types": sorted(guests.get(host_arch, {}).get("domain_types", [])),
         "guests": guests,
         "hpb_machine_types": sorted(m for m in machines if m.endswith("-hpb")),

@@ -64,7 +64,7 @@ def pci_netdevs(fs, address):
     return names
 
 
-def _int_or_none(value):
+def int_or_none(value):
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -83,7 +83,7 @@ def pci_device(fs, address):
         "device_id": _hex_id(fs.read(base + "/device")),
         "class": fs.read(base + "/class"),
         "driver": fs.readlink_name(base + "/driver"),
-        "iommu_group": _int_or_none(fs.readlink_name(base + "/iommu_group")),
+        "iommu_group": int_or_none(fs.readlink_name(base + "/iommu_group")),
         "netdevs": pci_netdevs(fs, address),
     }
 
