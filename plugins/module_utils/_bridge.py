@@ -1,11 +1,17 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Linux bridges for guests: runtime state over netlink (pyroute2) or a netplan file.
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""bridge: Linux bridges for guests, as runtime state over netlink or as a netplan file.
 
 Both backends compute a plan from the current state and the request; check mode and diff use the
 plan, the real run executes it. When a port carries addresses or the default route, they move to
 the bridge; after applying, the gateway must answer within ``rollback_timeout`` or the previous
 configuration is restored and the module fails (no lockout).
+
+The iproute2 backend works on the run's netlink (``backends.netlink``), which is ``None`` under a
+fake ``root``: the running kernel's links are not that tree's, so the backend is refused there
+rather than planning against (or changing) this machine's interfaces. The netplan file name is
+validated so nothing is written or removed outside /etc/netplan below ``root``.
 """
 
 from __future__ import annotations
@@ -14,25 +20,11 @@ import ipaddress
 import json
 import os
 import re
-import shutil
-import socket
-import tempfile
 import time
-import traceback
 
-from ansible_collections.virtops.kvm.plugins.module_utils._command import CommandRunner
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import CommandError, HostError, ValidationError
-from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import hostfs_for
-
-try:
-    from pyroute2 import IPRoute, NetNS
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    PYROUTE2_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - reported through missing_required_lib
-    IPRoute = NetNS = None
-    NetlinkError = OSError
-    PYROUTE2_IMPORT_ERROR = traceback.format_exc()
+from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import encode_raw, read_raw
+from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import private_tempdir, validate_name, validate_path
 
 try:
     import yaml
@@ -64,12 +56,24 @@ def _ip(text, what):
         raise ValidationError("%s %r is not an IP address" % (what, text)) from exc
 
 
+def _network(text):
+    try:
+        return str(ipaddress.ip_network(str(text), strict=False))
+    except ValueError as exc:
+        raise ValidationError("route to %r is not a network: write it as CIDR (10.1.0.0/16) or default (%s)" % (text, exc)) from exc
+
+
+def netplan_path(prefix, name):
+    """``/etc/netplan/<prefix>-<name>.yaml``; ValidationError for a prefix that could lead anywhere else."""
+    prefix = validate_name("60-virtops" if prefix is None else prefix, "netplan_prefix", allow=r"[A-Za-z0-9_.+-]+")
+    return validate_path("%s/%s-%s.yaml" % (NETPLAN_DIR, prefix, name), "netplan file", root=NETPLAN_DIR)
+
+
 def desired(params):
     """The request, validated and normalised (addresses as 'ip/prefix' strings, delay in seconds)."""
     name = params["name"]
     if not name or len(name) > IFNAMSIZ or not _NAME.match(name) or name in (".", ".."):
-        raise ValidationError("bridge name %r is not a valid interface name: at most %d characters of letters, digits, '-', '_' and '.'"
-                              % (name, IFNAMSIZ))
+        raise ValidationError("bridge name %r is not a valid interface name: at most %d characters of letters, digits, '-', '_' and '.'" % (name, IFNAMSIZ))
     want = {"name": name}
     ports = params.get("ports")
     if ports is not None:
@@ -90,7 +94,7 @@ def desired(params):
     for route in params.get("routes") or []:
         if not isinstance(route, dict) or "to" not in route or "via" not in route:
             raise ValidationError("each route needs 'to' (CIDR or default) and 'via' (gateway), got %r" % (route,))
-        to = "default" if route["to"] in ("default", "0.0.0.0/0") else str(ipaddress.ip_network(str(route["to"]), strict=False))
+        to = "default" if route["to"] in ("default", "0.0.0.0/0") else _network(route["to"])
         entry = {"to": to, "via": str(_ip(route["via"], "route via"))}
         if route.get("metric") is not None:
             entry["metric"] = int(route["metric"])
@@ -113,106 +117,44 @@ def desired(params):
     return want
 
 
-# -- iproute2 backend: netlink through pyroute2 -------------------------------------------------
-class Netlink:
-    """The few netlink operations the bridge needs, in the host's namespace or in ``netns``."""
+# -- iproute2 backend: netlink ---------------------------------------------------------------------
+def bridge_state(nl, name):
+    """Bridge state, or None when absent; ValidationError when ``name`` exists and is not a bridge."""
+    index = nl.index(name)
+    if index is None:
+        return None
+    link = nl.link(index)
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    if kind != "bridge":
+        raise ValidationError("interface %s exists and is a %s, not a bridge" % (name, kind or "plain device"))
+    data = dict(info.get_attr("IFLA_INFO_DATA")["attrs"])
+    ports = sorted(lk.get_attr("IFLA_IFNAME") for lk in nl.links() if lk.get_attr("IFLA_MASTER") == index)
+    return {
+        "name": name,
+        "ports": ports,
+        "addresses": nl.addresses(index),
+        "routes": nl.routes(index),
+        "stp": bool(data.get("IFLA_BR_STP_STATE")),
+        "forward_delay": data.get("IFLA_BR_FORWARD_DELAY", 0) // USER_HZ,
+        "vlan_filtering": bool(data.get("IFLA_BR_VLAN_FILTERING")),
+        "mtu": link.get_attr("IFLA_MTU"),
+        "up": bool(link["flags"] & 1),
+    }
 
-    def __init__(self, netns=None):
-        if IPRoute is None:
-            raise HostError("pyroute2 is required for the iproute2 backend (pip install pyroute2)")
-        self.netns = netns
-        if netns:
-            if not os.path.exists("/run/netns/%s" % netns):
-                raise ValidationError("network namespace %r does not exist (ip netns add %s)" % (netns, netns))
-            self.ipr = NetNS(netns)
-        else:
-            self.ipr = IPRoute()
 
-    def close(self):
-        self.ipr.close()
-
-    def index(self, name):
-        found = self.ipr.link_lookup(ifname=name)
-        return found[0] if found else None
-
-    def _link(self, index):
-        return self.ipr.get_links(index)[0]
-
-    def addresses(self, index):
-        return sorted("%s/%d" % (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in self.ipr.get_addr(index=index)
-                      if a["scope"] == 0 and not str(a.get_attr("IFA_ADDRESS")).startswith("fe80:"))
-
-    def default_routes(self, index):
-        routes = []
-        for route in self.ipr.get_routes(family=socket.AF_INET, table=254):
-            if route["dst_len"] == 0 and route.get_attr("RTA_OIF") == index and route.get_attr("RTA_GATEWAY"):
-                routes.append({"to": "default", "via": route.get_attr("RTA_GATEWAY"), "metric": route.get_attr("RTA_PRIORITY")})
-        return routes
-
-    def routes_via(self, index):
-        routes = []
-        for route in self.ipr.get_routes(family=socket.AF_INET, table=254):
-            if route.get_attr("RTA_OIF") == index and route.get_attr("RTA_GATEWAY"):
-                to = "default" if route["dst_len"] == 0 else "%s/%d" % (route.get_attr("RTA_DST"), route["dst_len"])
-                routes.append({"to": to, "via": route.get_attr("RTA_GATEWAY"), "metric": route.get_attr("RTA_PRIORITY")})
-        return routes
-
-    def bridge(self, name):
-        """Bridge state, or None when absent; HostError when ``name`` exists and is not a bridge."""
-        index = self.index(name)
-        if index is None:
-            return None
-        link = self._link(index)
-        info = link.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info else None
-        if kind != "bridge":
-            raise ValidationError("interface %s exists and is a %s, not a bridge" % (name, kind or "plain device"))
-        data = dict(info.get_attr("IFLA_INFO_DATA")["attrs"])
-        ports = sorted(lk.get_attr("IFLA_IFNAME") for lk in self.ipr.get_links() if lk.get_attr("IFLA_MASTER") == index)
-        return {
-            "name": name,
-            "ports": ports,
-            "addresses": self.addresses(index),
-            "routes": self.routes_via(index),
-            "stp": bool(data.get("IFLA_BR_STP_STATE")),
-            "forward_delay": data.get("IFLA_BR_FORWARD_DELAY", 0) // USER_HZ,
-            "vlan_filtering": bool(data.get("IFLA_BR_VLAN_FILTERING")),
-            "mtu": link.get_attr("IFLA_MTU"),
-            "up": bool(link["flags"] & 1),
-        }
-
-    def port(self, name):
-        index = self.index(name)
-        if index is None:
-            return None
-        link = self._link(index)
-        return {"name": name, "index": index, "master": link.get_attr("IFLA_MASTER"), "addresses": self.addresses(index),
-                "default_routes": self.default_routes(index)}
-
-    # changes
-    def call(self, what, method, *args, **kwargs):
-        try:
-            return getattr(self.ipr, method)(*args, **kwargs)
-        except NetlinkError as exc:
-            code = exc.code if hasattr(exc, "code") else None
-            hint = ""
-            if code == 95 and "vlan" in what:
-                hint = " (this kernel was built without bridge VLAN filtering)"
-            raise HostError("%s failed: %s%s" % (what, exc, hint), netlink_error=code) from exc
-
-    def add_address(self, index, cidr):
-        iface = ipaddress.ip_interface(cidr)
-        self.call("adding %s" % cidr, "addr", "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-
-    def del_address(self, index, cidr):
-        iface = ipaddress.ip_interface(cidr)
-        self.call("removing %s" % cidr, "addr", "del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-
-    def add_route(self, index, route):
-        kwargs = {"dst": "0.0.0.0/0" if route["to"] == "default" else route["to"], "gateway": route["via"], "oif": index}
-        if route.get("metric") is not None:
-            kwargs["priority"] = route["metric"]
-        self.call("route %s via %s" % (route["to"], route["via"]), "route", "replace", **kwargs)
+def port_state(nl, name):
+    index = nl.index(name)
+    if index is None:
+        return None
+    link = nl.link(index)
+    return {
+        "name": name,
+        "index": index,
+        "master": link.get_attr("IFLA_MASTER"),
+        "addresses": nl.addresses(index),
+        "default_routes": nl.routes(index, default_only=True),
+    }
 
 
 def _bridge_attrs(want):
@@ -228,7 +170,7 @@ def _bridge_attrs(want):
 
 def plan_iproute2(nl, want, state):
     """(before, after, steps, migrations) for the iproute2 backend."""
-    before = nl.bridge(want["name"])
+    before = bridge_state(nl, want["name"])
     if state == "absent":
         return before, None, [("delete", want["name"])] if before else [], []
     for key in ("dhcp4", "nameservers"):
@@ -236,13 +178,22 @@ def plan_iproute2(nl, want, state):
             raise ValidationError("%s needs the netplan backend; the iproute2 backend only sets runtime state" % key)
     ports = {}
     for port in want.get("ports", []):
-        info = nl.port(port)
+        info = port_state(nl, port)
         if info is None:
             where = " in network namespace %s" % nl.netns if nl.netns else ""
             raise ValidationError("port %s does not exist%s: create it first or fix ports" % (port, where))
         ports[port] = info
-    current = before or {"name": want["name"], "ports": [], "addresses": [], "routes": [], "stp": False, "forward_delay": 15,
-                         "vlan_filtering": False, "mtu": 1500, "up": False}
+    current = before or {
+        "name": want["name"],
+        "ports": [],
+        "addresses": [],
+        "routes": [],
+        "stp": False,
+        "forward_delay": 15,
+        "vlan_filtering": False,
+        "mtu": 1500,
+        "up": False,
+    }
     after = json.loads(json.dumps(current))
     steps = [] if before else [("create", want["name"])]
     for key in ("stp", "forward_delay", "vlan_filtering"):
@@ -303,7 +254,7 @@ def execute_iproute2(nl, name, steps, migrations):
         elif kind == "mtu":
             nl.call("setting mtu %d on %s" % (step[1], name), "link", "set", index=index, mtu=step[1])
         elif kind == "enslave":
-            port = nl.port(step[1])
+            port = port_state(nl, step[1])
             for info in migrations:
                 if info["name"] == step[1]:
                     for cidr in info["addresses"]:
@@ -336,7 +287,7 @@ def restore_iproute2(nl, before, name, migrations):
     if before is None and index is not None:
         attempt(nl.call, "deleting bridge %s" % name, "link", "del", index=index)
     elif before is not None:
-        now = nl.bridge(name)
+        now = bridge_state(nl, name)
         for port in set(now["ports"]) - set(before["ports"]):
             attempt(nl.call, "releasing %s" % port, "link", "set", index=nl.index(port), master=0)
         for port in set(before["ports"]) - set(now["ports"]):
@@ -405,14 +356,16 @@ def netplan_text(want):
 
 
 def netplan_validate(fs, runner, path, content):
-    """``netplan generate`` on a temporary copy of /etc/netplan with the new file; returns generated files."""
-    workdir = tempfile.mkdtemp(prefix="virtops-netplan-")
-    try:
+    """``netplan generate`` on a private copy of /etc/netplan with the new file; returns generated files."""
+    with private_tempdir(prefix="virtops-netplan-") as workdir:
         target = os.path.join(workdir, "etc/netplan")
         os.makedirs(target)
         for name in fs.listdir(NETPLAN_DIR):
-            if name.endswith(".yaml") and "/%s/%s" % (NETPLAN_DIR.strip("/"), name) != path.lstrip("/") and name != os.path.basename(path):
-                shutil.copy(fs.path("%s/%s" % (NETPLAN_DIR, name)), target)
+            other = "%s/%s" % (NETPLAN_DIR, name)
+            if name.endswith(".yaml") and other != path and not os.path.islink(fs.path(other)) and os.path.isfile(fs.path(other)):
+                with open(os.path.join(target, name), "wb") as handle:
+                    handle.write(encode_raw(read_raw(fs, other) or ""))
+                os.chmod(os.path.join(target, name), 0o600)
         if content is not None:
             with open(os.path.join(target, os.path.basename(path)), "w", encoding="utf-8") as handle:
                 handle.write(content)
@@ -420,14 +373,12 @@ def netplan_validate(fs, runner, path, content):
         try:
             runner.run(["netplan", "generate", "--root-dir", workdir], what="netplan generate")
         except CommandError as exc:
-            raise ValidationError("netplan rejected the configuration; %s was left untouched. netplan generate said: %s"
-                                  % (path, (exc.stderr or exc.stdout or "").replace(workdir, "").strip())) from exc
+            said = (exc.stderr or exc.stdout or "").replace(workdir, "").strip()
+            raise ValidationError("netplan rejected the configuration; %s was left untouched. netplan generate said: %s" % (path, said)) from exc
         generated = []
         for dirpath, _dirs, files in os.walk(os.path.join(workdir, "run")):
             generated.extend("/" + os.path.relpath(os.path.join(dirpath, f), workdir) for f in files)
         return sorted(generated)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- reachability ------------------------------------------------------------------------------
@@ -479,8 +430,14 @@ def choose_backend(fs, runner, params):
 def ensure_iproute2(nl, runner, params, want, check_mode=False):
     state = params.get("state") or "present"
     before, after, steps, migrations = plan_iproute2(nl, want, state)
-    result = {"changed": bool(steps), "backend": "iproute2", "before": before, "after": after, "gateway_checked": None,
-              "diff": {"before": _diff_text(before), "after": _diff_text(after), "before_header": want["name"], "after_header": want["name"]}}
+    result = {
+        "changed": bool(steps),
+        "backend": "iproute2",
+        "before": before,
+        "after": after,
+        "gateway_checked": None,
+        "diff": {"before": _diff_text(before), "after": _diff_text(after), "before_header": want["name"], "after_header": want["name"]},
+    }
     if check_mode or not steps:
         return result
     gateway = _gateway_to_check(want, migrations, before) if state == "present" else None
@@ -488,8 +445,9 @@ def ensure_iproute2(nl, runner, params, want, check_mode=False):
         execute_iproute2(nl, want["name"], steps, migrations)
     except HostError as exc:
         errors = restore_iproute2(nl, before, want["name"], migrations)
-        raise HostError("%s; the previous configuration was restored%s" % (exc.msg, " (with errors: %s)" % "; ".join(errors) if errors else ""),
-                        **exc.details) from exc
+        raise HostError(
+            "%s; the previous configuration was restored%s" % (exc.msg, " (with errors: %s)" % "; ".join(errors) if errors else ""), **exc.details
+        ) from exc
     if gateway:
         if not gateway_reachable(runner, gateway, params.get("rollback_timeout", 30), nl.netns):
             errors = restore_iproute2(nl, before, want["name"], migrations)
@@ -497,23 +455,33 @@ def ensure_iproute2(nl, runner, params, want, check_mode=False):
                 "gateway %s did not answer within %ss after bridge %s was applied; the previous configuration was restored%s. "
                 "Check gateway4, ports and addresses (with stp=true, rollback_timeout must exceed twice forward_delay)."
                 % (gateway, params.get("rollback_timeout", 30), want["name"], " (with errors: %s)" % "; ".join(errors) if errors else ""),
-                rolled_back=True, gateway=gateway,
+                rolled_back=True,
+                gateway=gateway,
             )
         result["gateway_checked"] = gateway
-    result["after"] = nl.bridge(want["name"])
+    result["after"] = bridge_state(nl, want["name"])
     result["diff"]["after"] = _diff_text(result["after"])
     return result
 
 
-def ensure_netplan(fs, runner, params, want, check_mode=False):
+def _restore_netplan(fs, path, current):
+    if current is None:
+        fs.remove(path)
+    else:
+        fs.write_atomic(path, encode_raw(current), mode=0o600)
+        os.chmod(fs.path(path), 0o600)
+
+
+def ensure_netplan(fs, runner, params, want, *, check_mode=False, confined=None):
+    """The netplan backend: write /etc/netplan/<prefix>-<name>.yaml, validated by ``netplan generate`` first."""
+    confined = fs.root != "/" if confined is None else confined
     state = params.get("state") or "present"
-    path = "%s/%s-%s.yaml" % (NETPLAN_DIR, params.get("netplan_prefix") or "60-virtops", want["name"])
-    current = None
-    if fs.exists(path):
-        with open(fs.path(path), encoding="utf-8") as handle:
-            current = handle.read()
+    path = netplan_path(params.get("netplan_prefix"), want["name"])
+    if not fs.inside(NETPLAN_DIR) or not fs.inside(path):
+        raise ValidationError("%s below %s leads outside it through a symlink: refusing to write or remove it" % (path, fs.root))
+    current = read_raw(fs, path)
     if state == "present":
-        if fs.root == "/":
+        if not confined:
             for port in want.get("ports", []):
                 if not fs.exists("/sys/class/net/%s" % port):
                     raise ValidationError("port %s does not exist on this host: create it first or fix ports" % port)
@@ -521,9 +489,17 @@ def ensure_netplan(fs, runner, params, want, check_mode=False):
     else:
         wanted = None
     changed = current != wanted
-    result = {"changed": changed, "backend": "netplan", "path": path, "before": current, "after": wanted, "generated": [],
-              "commands_skipped": [], "gateway_checked": None,
-              "diff": {"before": current or "", "after": wanted or "", "before_header": path, "after_header": path}}
+    result = {
+        "changed": changed,
+        "backend": "netplan",
+        "path": path,
+        "before": current,
+        "after": wanted,
+        "generated": [],
+        "commands_skipped": [],
+        "gateway_checked": None,
+        "diff": {"before": current or "", "after": wanted or "", "before_header": path, "after_header": path},
+    }
     if not changed:
         return result
     result["generated"] = netplan_validate(fs, runner, path, wanted)
@@ -532,48 +508,58 @@ def ensure_netplan(fs, runner, params, want, check_mode=False):
     if wanted is None:
         fs.remove(path)
     else:
-        fs.write_atomic(path, wanted, mode=0o600)
+        fs.write_atomic(path, encode_raw(wanted), mode=0o600)
         # atomic_move gives a new file the default permissions; netplan warns about (and may refuse) readable files
         os.chmod(fs.path(path), 0o600)
-    if fs.root != "/":
+    if confined:
         result["commands_skipped"].append(["netplan", "apply"])
         return result
     runner.run(["netplan", "apply"], what="netplan apply")
     gateway = want.get("gateway4") if state == "present" else None
     if gateway:
         if not gateway_reachable(runner, gateway, params.get("rollback_timeout", 30)):
-            if current is None:
-                fs.remove(path)
-            else:
-                fs.write_atomic(path, current, mode=0o600)
-                os.chmod(fs.path(path), 0o600)
+            _restore_netplan(fs, path, current)
             runner.run(["netplan", "apply"], what="netplan apply (rollback)")
-            raise HostError("gateway %s did not answer within %ss after netplan apply; %s was restored and applied again"
-                            % (gateway, params.get("rollback_timeout", 30), path), rolled_back=True, gateway=gateway)
+            raise HostError(
+                "gateway %s did not answer within %ss after netplan apply; %s was restored and applied again"
+                % (gateway, params.get("rollback_timeout", 30), path),
+                rolled_back=True,
+                gateway=gateway,
+            )
         result["gateway_checked"] = gateway
     return result
 
 
-def run_bridge(module):
-    """Module runner."""
-    runner = CommandRunner(module)
-    fs = hostfs_for(module, module.params["root"])
-    want = desired(module.params)
-    backend = choose_backend(fs, runner, module.params)
+def _iproute2_netlink(backends, params):
+    """``(accessor, owned)``: the run's netlink, or one inside ``netns``; refused under a fake root."""
+    if backends.confined:
+        raise ValidationError(
+            "the iproute2 backend changes the running kernel's links, and with root=%s those are this machine's, not that tree's: "
+            "nothing was planned or changed. Use backend=netplan to write the configuration below root, or run with root=/" % backends.root
+        )
+    nl = backends.netlink
+    if params.get("netns"):
+        return nl.namespace(params["netns"]), True
+    return nl, False
+
+
+def ensure_bridge(backends, params, check_mode):
+    """The module's entry point: create, change or remove the bridge with the chosen backend."""
+    fs, runner = backends.hostfs, backends.commands
+    want = desired(params)
+    backend = choose_backend(fs, runner, params)
     if backend == "netplan":
         if not runner.which("netplan"):
             raise HostError("the netplan backend needs the netplan command (package netplan.io)")
-        for key in ("vlan_filtering",):
-            if want.get(key):
-                raise ValidationError("%s is not supported by the netplan backend" % key)
-        result = ensure_netplan(fs, runner, module.params, want, check_mode=module.check_mode)
+        if want.get("vlan_filtering"):
+            raise ValidationError("vlan_filtering is not supported by the netplan backend")
+        result = ensure_netplan(fs, runner, params, want, check_mode=check_mode, confined=backends.confined)
     else:
-        nl = Netlink(module.params.get("netns"))
+        nl, owned = _iproute2_netlink(backends, params)
         try:
-            result = ensure_iproute2(nl, runner, module.params, want, check_mode=module.check_mode)
+            result = ensure_iproute2(nl, runner, params, want, check_mode=check_mode)
         finally:
-            nl.close()
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
+            if owned:
+                nl.close()
+    result["warnings"] = []
     return result

@@ -1,30 +1,30 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Facts about a hypervisor host, read from sysfs/procfs (through HostFS) and libvirt.
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""host_info: facts about a hypervisor host, read from sysfs/procfs (through HostFS) and libvirt.
 
-Each gatherer takes the accessor (and, for libvirt, a client factory) and returns plain data.
+Each gatherer takes the accessor (and, for libvirt, the run's client) and returns plain data.
 A field that cannot be read is ``None``; only libvirt facts that the user asked for explicitly can
-fail the module.
+fail the module. The facts other host modules need live in the shared ``_host_facts`` and ``_pci``.
 """
 
 from __future__ import annotations
 
 import re
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _libvirt
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
-from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import hostfs_for
-from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LibvirtClient, libvirt
+from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import NODES, gather_apparmor, gather_hugepages, gather_ksm, node_ids, tristate
+from ansible_collections.virtops.kvm.plugins.module_utils._pci import PCI_DEVICES, int_or_none, pci_device, vf_addresses
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml
 
 SUBSETS = ("cpu", "kvm", "numa", "hugepages", "iommu", "sriov", "apparmor", "ksm", "libvirt")
-
-PCI_DEVICES = "/sys/bus/pci/devices"
-HUGEPAGES = "/sys/kernel/mm/hugepages"
-NODES = "/sys/devices/system/node"
-KSM = "/sys/kernel/mm/ksm"
-_KSM_FIELDS = (
-    "run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "pages_shared", "pages_sharing",
-    "pages_unshared", "pages_volatile", "full_scans", "max_page_sharing", "use_zero_pages",
+KVM_DEVICE = "/dev/kvm"
+KVM_FIX = 'chgrp kvm /dev/kvm && chmod 0660 /dev/kvm, and keep it so at boot with a udev rule (KERNEL=="kvm", GROUP="kvm", MODE="0660"), then restart libvirtd'
+SLOW_LIBVIRT = (
+    "This is also why libvirt calls are slow here: libvirt 9.0 sees that KVM was available when it probed QEMU but is not "
+    "usable now, throws its QEMU capabilities cache away and probes QEMU again on every call "
+    "(measured: defineXML 48 s instead of 0.02 s, getCapabilities 7.9 s instead of 0.01 s)."
 )
 
 
@@ -98,6 +98,22 @@ def qemu_user(fs):
     return None
 
 
+def qemu_gids(fs, user):
+    """``(gids, group name)`` QEMU runs with: the user's primary and supplementary groups and qemu.conf's ``group``."""
+    users, groups = _users(fs), _groups(fs)
+    if user not in users:
+        return None, None
+    uid, gid = users[user]
+    gids = {gid} | {g_id for _name, (g_id, members) in groups.items() if user in members}
+    configured = (_qemu_conf_value(fs, "group") or "").lstrip("+")
+    names = {g_id: name for name, (g_id, _members) in groups.items()}
+    if configured in groups:
+        gids.add(groups[configured][0])
+    elif configured.isdigit():
+        gids.add(int(configured))
+    return (uid, gids), configured or names.get(gid, str(gid))
+
+
 def _can_read_write(st, uid, gids):
     mode = st.st_mode
     if uid == 0:
@@ -109,81 +125,76 @@ def _can_read_write(st, uid, gids):
     return bool(mode & 0o002) and bool(mode & 0o004)
 
 
-def gather_kvm(fs, cpu=None):
-    """The kvm-ok question: can QEMU use hardware acceleration here, and if not, why."""
-    cpu = cpu or gather_cpu(fs)
-    module = "kvm_intel" if cpu["virtualization_flag"] == "vmx" else "kvm_amd" if cpu["virtualization_flag"] == "svm" else None
+def _kvm_module(fs, cpu):
+    flag = cpu["virtualization_flag"]
+    module = "kvm_intel" if flag == "vmx" else "kvm_amd" if flag == "svm" else None
     if module is None:
         for candidate in ("kvm_intel", "kvm_amd"):
             if fs.isdir("/sys/module/%s" % candidate):
                 module = candidate
-    nested = fs.read("/sys/module/%s/parameters/nested" % module) if module else None
-    present = fs.is_char_device("/dev/kvm")
-    st = fs.stat("/dev/kvm") if present else None
+    return module
+
+
+def kvm_device(fs):
+    """Owner, group and mode of /dev/kvm, whether the QEMU user can open it read-write (a tri-state), and that user."""
+    present = fs.is_char_device(KVM_DEVICE)
+    st = fs.stat(KVM_DEVICE) if present else None
     user = qemu_user(fs)
-    usable = None
-    if present and user:
-        users, groups = _users(fs), _groups(fs)
-        if user in users:
-            uid, gid = users[user]
-            gids = {gid} | {g_id for _name, (g_id, members) in groups.items() if user in members}
-            usable = _can_read_write(st, uid, gids)
-    if cpu["virtualization_flag"] is None and not present:
-        ok, reason = False, "the CPU reports neither vmx nor svm and /dev/kvm does not exist: enable virtualization in firmware, or use TCG (domain type qemu)"
-    elif not present:
-        ok, reason = False, "/dev/kvm does not exist: load %s (modprobe %s)" % (module or "kvm_intel or kvm_amd", module or "kvm_intel")
-    elif usable is False:
-        ok, reason = False, ("/dev/kvm exists but %s cannot open it read-write: "
-                             "add %s to the group owning /dev/kvm (usually kvm) or fix the udev rule" % (user, user))
-    elif cpu["virtualization_flag"] is None:
-        ok, reason = True, "/dev/kvm exists although /proc/cpuinfo shows no vmx/svm flag (nested or paravirtual host); KVM acceleration can be used"
-    else:
-        ok, reason = True, "KVM acceleration can be used"
+    ids, group = qemu_gids(fs, user) if user else (None, None)
+    owners = {uid: name for name, (uid, _gid) in _users(fs).items()}
+    group_names = {gid: name for name, (gid, _members) in _groups(fs).items()}
     return {
-        "ok": ok,
-        "reason": reason,
         "device_present": present,
+        "device_owner": owners.get(st.st_uid, str(st.st_uid)) if st else None,
+        "device_group": group_names.get(st.st_gid, str(st.st_gid)) if st else None,
         "device_mode": "%04o" % (st.st_mode & 0o7777) if st else None,
         "qemu_user": user,
-        "usable_by_qemu_user": usable,
-        "module": module,
-        "module_loaded": fs.isdir("/sys/module/%s" % module) if module else False,
-        "nested": _yes_no(nested),
+        "qemu_group": group,
+        "usable_by_qemu_user": _can_read_write(st, *ids) if st and ids else None,
     }
 
 
-def _yes_no(value):
-    if value is None:
-        return None
-    return value.strip() in ("Y", "y", "1")
+def _kvm_verdict(cpu, device, module):
+    """``(ok, reason, slow_libvirt_cause)`` for the kvm-ok question."""
+    user = device["qemu_user"]
+    if cpu["virtualization_flag"] is None and not device["device_present"]:
+        return False, "the CPU reports neither vmx nor svm and /dev/kvm does not exist: enable virtualization in firmware, or use TCG (domain type qemu)", None
+    if not device["device_present"]:
+        return False, "/dev/kvm does not exist: load %s (modprobe %s)" % (module or "kvm_intel or kvm_amd", module or "kvm_intel"), None
+    if device["usable_by_qemu_user"] is False:
+        reason = "/dev/kvm exists but %s (the user QEMU runs as, group %s) cannot open it read-write: it is owner %s, group %s, mode %s. Fix: %s." % (
+            user,
+            device["qemu_group"],
+            device["device_owner"],
+            device["device_group"],
+            device["device_mode"],
+            KVM_FIX,
+        )
+        return False, reason + " " + SLOW_LIBVIRT, SLOW_LIBVIRT
+    if cpu["virtualization_flag"] is None:
+        return True, "/dev/kvm exists although /proc/cpuinfo shows no vmx/svm flag (nested or paravirtual host); KVM acceleration can be used", None
+    return True, "KVM acceleration can be used", None
 
 
-# -- NUMA and hugepages ------------------------------------------------------------------------
-def _size_kb(dirname):
-    match = re.match(r"hugepages-(\d+)kB$", dirname)
-    return int(match.group(1)) if match else None
+def gather_kvm(fs, cpu=None):
+    """The kvm-ok question: can QEMU use hardware acceleration here, and if not, why (and what it costs)."""
+    cpu = cpu or gather_cpu(fs)
+    module = _kvm_module(fs, cpu)
+    device = kvm_device(fs)
+    ok, reason, slow = _kvm_verdict(cpu, device, module)
+    facts = {"ok": ok, "reason": reason, "slow_libvirt_cause": slow}
+    facts.update(device)
+    facts.update(
+        {
+            "module": module,
+            "module_loaded": fs.isdir("/sys/module/%s" % module) if module else False,
+            "nested": tristate(fs.read("/sys/module/%s/parameters/nested" % module) if module else None),
+        }
+    )
+    return facts
 
 
-def _pool(fs, base, with_reserved):
-    pool = {
-        "total": fs.read_int(base + "/nr_hugepages"),
-        "free": fs.read_int(base + "/free_hugepages"),
-        "surplus": fs.read_int(base + "/surplus_hugepages"),
-    }
-    if with_reserved:
-        pool["reserved"] = fs.read_int(base + "/resv_hugepages")
-    return pool
-
-
-def node_ids(fs):
-    ids = []
-    for entry in fs.listdir(NODES):
-        match = re.match(r"node(\d+)$", entry)
-        if match:
-            ids.append(int(match.group(1)))
-    return sorted(ids)
-
-
+# -- NUMA ----------------------------------------------------------------------------------------
 def gather_numa(fs):
     nodes = []
     for node in node_ids(fs):
@@ -198,73 +209,7 @@ def gather_numa(fs):
     return {"node_count": len(nodes), "nodes": nodes}
 
 
-def default_hugepage_size_kb(fs):
-    for line in fs.read_lines("/proc/meminfo"):
-        match = re.match(r"Hugepagesize:\s+(\d+) kB", line)
-        if match:
-            return int(match.group(1))
-    return None
-
-
-def hugetlbfs_mounts(fs):
-    mounts = []
-    for line in fs.read_lines("/proc/mounts"):
-        parts = line.split()
-        if len(parts) >= 4 and parts[2] == "hugetlbfs":
-            options = dict(o.partition("=")[::2] for o in parts[3].split(","))
-            mounts.append({"path": parts[1], "pagesize": options.get("pagesize")})
-    return mounts
-
-
-def gather_hugepages(fs):
-    pools = {}
-    for entry in fs.listdir(HUGEPAGES):
-        size = _size_kb(entry)
-        if size is None:
-            continue
-        pool = _pool(fs, "%s/%s" % (HUGEPAGES, entry), with_reserved=True)
-        pool["size_kb"] = size
-        pool["nodes"] = {}
-        for node in node_ids(fs):
-            base = "%s/node%d/hugepages/%s" % (NODES, node, entry)
-            if fs.isdir(base):
-                pool["nodes"][str(node)] = _pool(fs, base, with_reserved=False)
-        pools["%dkB" % size] = pool
-    return {"default_size_kb": default_hugepage_size_kb(fs), "pools": pools, "mounts": hugetlbfs_mounts(fs)}
-
-
 # -- PCI: IOMMU and SR-IOV ---------------------------------------------------------------------
-def pci_netdevs(fs, address):
-    """Network interfaces of a PCI device: ``net/*``, and ``virtioN/net/*`` for virtio NICs."""
-    base = "%s/%s" % (PCI_DEVICES, address)
-    names = fs.listdir(base + "/net")
-    for entry in fs.listdir(base):
-        if re.match(r"virtio\d+$", entry):
-            names += fs.listdir("%s/%s/net" % (base, entry))
-    return names
-
-
-def pci_device(fs, address):
-    base = "%s/%s" % (PCI_DEVICES, address)
-    vendor, device = fs.read(base + "/vendor"), fs.read(base + "/device")
-    return {
-        "address": address,
-        "vendor_id": vendor[2:] if vendor and vendor.startswith("0x") else vendor,
-        "device_id": device[2:] if device and device.startswith("0x") else device,
-        "class": fs.read(base + "/class"),
-        "driver": fs.readlink_name(base + "/driver"),
-        "iommu_group": _int_or_none(fs.readlink_name(base + "/iommu_group")),
-        "netdevs": pci_netdevs(fs, address),
-    }
-
-
-def _int_or_none(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def gather_iommu(fs):
     groups = {}
     for entry in fs.listdir("/sys/kernel/iommu_groups"):
@@ -288,30 +233,17 @@ def gather_sriov(fs):
         if total is None:
             continue
         dev = pci_device(fs, address)
-        devices.append({
-            "address": address,
-            "netdevs": dev["netdevs"],
-            "driver": dev["driver"],
-            "totalvfs": total,
-            "numvfs": fs.read_int(base + "/sriov_numvfs"),
-            "vfs": [fs.readlink_name("%s/%s" % (base, link)) for link in fs.listdir(base) if re.match(r"virtfn\d+$", link)],
-        })
+        devices.append(
+            {
+                "address": address,
+                "netdevs": dev["netdevs"],
+                "driver": dev["driver"],
+                "totalvfs": total,
+                "numvfs": fs.read_int(base + "/sriov_numvfs"),
+                "vfs": vf_addresses(fs, address),
+            }
+        )
     return {"devices": devices}
-
-
-# -- AppArmor and KSM --------------------------------------------------------------------------
-def gather_apparmor(fs):
-    enabled = _yes_no(fs.read("/sys/module/apparmor/parameters/enabled"))
-    return {"enabled": bool(enabled), "kernel_module": fs.isdir("/sys/module/apparmor")}
-
-
-def gather_ksm(fs):
-    if not fs.isdir(KSM):
-        return {"available": False}
-    facts = {"available": True}
-    for field in _KSM_FIELDS:
-        facts[field] = fs.read_int("%s/%s" % (KSM, field))
-    return facts
 
 
 # -- libvirt -----------------------------------------------------------------------------------
@@ -357,7 +289,7 @@ def gather_libvirt(client):
         "hypervisor_version": hv_version,
         "host_arch": host_arch,
         "host_cpu_model": host_cpu.findtext("model") if host_cpu is not None else None,
-        "host_maxphysaddr": {"mode": maxphys.get("mode"), "bits": _int_or_none(maxphys.get("bits"))} if maxphys is not None else None,
+        "host_maxphysaddr": {"mode": maxphys.get("mode"), "bits": int_or_none(maxphys.get("bits"))} if maxphys is not None else None,
         "domain_types": sorted(guests.get(host_arch, {}).get("domain_types", [])),
         "guests": guests,
         "hpb_machine_types": sorted(m for m in machines if m.endswith("-hpb")),
@@ -365,54 +297,57 @@ def gather_libvirt(client):
 
 
 # -- the runner --------------------------------------------------------------------------------
+_GATHERERS = {
+    "numa": gather_numa,
+    "hugepages": gather_hugepages,
+    "iommu": gather_iommu,
+    "sriov": gather_sriov,
+    "apparmor": gather_apparmor,
+    "ksm": gather_ksm,
+}
+
+
+def _libvirt_facts(client_factory, libvirt_required):
+    """``(facts or None, error text or None)``; an unreachable libvirt fails only when it was asked for by name."""
+    try:
+        return gather_libvirt(client_factory()), None
+    except LibvirtError as exc:
+        if libvirt_required:
+            raise LibvirtError("libvirt facts were requested (gather: libvirt) but %s. Start libvirtd or fix uri." % exc.msg, code=exc.code) from exc
+        return None, exc.msg
+
+
 def gather(fs, subsets, client_factory=None, libvirt_required=False):
-    """All requested facts. ``client_factory()`` opens libvirt; failures are fatal only if required."""
+    """All requested facts. ``client_factory()`` gives the libvirt client; failures are fatal only if required."""
     facts = {}
     cpu = gather_cpu(fs) if "cpu" in subsets or "kvm" in subsets else None
     if "cpu" in subsets:
         facts["cpu"] = cpu
     if "kvm" in subsets:
         facts["kvm"] = gather_kvm(fs, cpu)
-    if "numa" in subsets:
-        facts["numa"] = gather_numa(fs)
-    if "hugepages" in subsets:
-        facts["hugepages"] = gather_hugepages(fs)
-    if "iommu" in subsets:
-        facts["iommu"] = gather_iommu(fs)
-    if "sriov" in subsets:
-        facts["sriov"] = gather_sriov(fs)
-    if "apparmor" in subsets:
-        facts["apparmor"] = gather_apparmor(fs)
-    if "ksm" in subsets:
-        facts["ksm"] = gather_ksm(fs)
+    for name, gatherer in _GATHERERS.items():
+        if name in subsets:
+            facts[name] = gatherer(fs)
     if "libvirt" in subsets:
-        facts["libvirt"] = None
-        try:
-            client = client_factory()
-            try:
-                facts["libvirt"] = gather_libvirt(client)
-            finally:
-                client.close()
-        except LibvirtError as exc:
-            if libvirt_required:
-                raise LibvirtError(
-                    "libvirt facts were requested (gather: libvirt) but %s. Start libvirtd or fix uri." % exc.msg,
-                    code=exc.code,
-                ) from exc
-            facts["libvirt_error"] = exc.msg
+        facts["libvirt"], error = _libvirt_facts(client_factory, libvirt_required)
+        if error is not None:
+            facts["libvirt_error"] = error
     return facts
 
 
-def run_host_info(module):
-    """Module runner: ``gather`` and ``root`` from the params, libvirt opened on ``uri`` if asked."""
-    requested = module.params["gather"]
+def ensure_host_info(backends, params, check_mode):
+    """The module's entry point (read-only): the facts ``params['gather']`` names."""
+    del check_mode  # nothing is changed either way
+    requested = params.get("gather") or ["all"]
     subsets = set(SUBSETS) if "all" in requested else set(requested)
-    libvirt_required = "libvirt" in requested
 
     def client_factory():
-        if libvirt is None:
+        if _libvirt.libvirt is None:
             raise LibvirtError("libvirt-python is not installed on the managed host (pip install libvirt-python, or apt-get install python3-libvirt)")
-        return LibvirtClient.open(module.params["uri"], read_only=True)
+        return backends.libvirt
 
-    facts = gather(hostfs_for(module, module.params["root"]), subsets, client_factory, libvirt_required)
-    return {"changed": False, "host": facts}
+    facts = gather(backends.hostfs, subsets, client_factory, libvirt_required="libvirt" in requested)
+    warnings = []
+    if facts.get("kvm", {}).get("slow_libvirt_cause"):
+        warnings.append(facts["kvm"]["reason"])
+    return {"changed": False, "host": facts, "warnings": warnings}

@@ -14,11 +14,13 @@ description:
     C(/etc/apparmor.d/local/usr.lib.libvirt.virt-aa-helper) (lets virt-aa-helper render uncommon paths),
     or in any other file below C(/etc/apparmor.d/local/).
   - The block sits between C(# BEGIN virtops.kvm <block>) and C(# END virtops.kvm <block>) comments, so
-    several plays can own separate blocks of one file. Lines outside blocks are kept as they are.
+    several plays can own separate blocks of one file. Lines outside blocks are kept byte for byte (line endings,
+    form feeds and all). The file is read, checked and written under a lock, so concurrent tasks both land their block.
   - Before writing, every profile that includes the file (directly or through abstractions) is compiled
     with the new content by C(apparmor_parser -Q -K) in a temporary copy of C(/etc/apparmor.d), without
     loading anything into the kernel. Rules the parser rejects fail the module with the parser's message;
-    the real file is not touched. This also happens in check mode.
+    the real file is not touched. This also happens in check mode. The copy is private to the run and holds no
+    symlink that leads outside it, so nothing outside it is ever written.
   - After the file is written atomically, if AppArmor is enabled in the running kernel, the profiles that
     use it and are loaded (virt-aa-helper's, the C(libvirt-<uuid>) profiles of running guests) are
     reloaded with C(apparmor_parser -r). If AppArmor is not enabled, the module warns and reloads nothing.
@@ -31,13 +33,17 @@ options:
     type: str
     required: true
   block:
-    description: Name of the block this task owns in the file.
+    description:
+      - Name of the block this task owns in the file. Letters, digits, spaces and C(_.+:@-), with no white space
+        at either end and no control characters.
     type: str
     default: ansible
   rules:
     description:
       - Rule lines of the block, each ending with a comma (C(/var/guests/** rwk,), C(deny /srv/secret/** rw,)).
         Comments and C(include) lines are allowed too.
+      - The braces of the rules must balance (a child profile opened in one rule is closed in a later one); a rule that
+        closes a brace it did not open would close the profile that includes the file, and is refused.
       - Required with O(state=present).
     type: list
     elements: str
@@ -57,6 +63,9 @@ attributes:
   check_mode:
     support: full
   diff_mode:
+    support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
     support: full
   platform:
     platforms: posix
@@ -130,9 +139,9 @@ backup_file:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._apparmor import run_apparmor_local
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._apparmor_local import ensure_apparmor_local
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 
 
 def main():
@@ -149,7 +158,7 @@ def main():
         required_if=[("state", "present", ("rules",))],
         supports_check_mode=True,
     )
-    run_module(module, run_apparmor_local)
+    run_module(module, ensure_apparmor_local)
 
 
 if __name__ == "__main__":

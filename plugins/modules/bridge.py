@@ -92,7 +92,8 @@ options:
       - For tests and for operators who manage namespaced bridges.
     type: str
   netplan_prefix:
-    description: File name prefix of the netplan file.
+    description:
+      - File name prefix of the netplan file. Letters, digits and C(_.+-) only (no C(/), so the file stays in C(/etc/netplan)).
     type: str
     default: 60-virtops
 extends_documentation_fragment:
@@ -103,13 +104,17 @@ attributes:
     support: full
   diff_mode:
     support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
+    support: full
   platform:
     platforms: posix
 requirements:
   - pyroute2 (iproute2 backend)
   - netplan (netplan backend)
 notes:
-  - When O(root) is not V(/), C(netplan apply) is not run but returned in RV(commands_skipped).
+  - When O(root) is not V(/), C(netplan apply) is not run but returned in RV(commands_skipped), and the V(iproute2)
+    backend is refused (it would read and change this machine's links, not that tree's); use V(netplan) there.
 author:
   - virtops.kvm maintainers (@virtops)
 """
@@ -184,9 +189,10 @@ commands_skipped:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.virtops.kvm.plugins.module_utils._bridge import PYROUTE2_IMPORT_ERROR, run_bridge
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._bridge import ensure_bridge
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
+from ansible_collections.virtops.kvm.plugins.module_utils._netlink import PYROUTE2_IMPORT_ERROR
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 
 
 def main():
@@ -202,11 +208,15 @@ def main():
         addresses=dict(type="list", elements="str"),
         dhcp4=dict(type="bool"),
         gateway4=dict(type="str"),
-        routes=dict(type="list", elements="dict", options=dict(
-            to=dict(type="str", required=True),
-            via=dict(type="str", required=True),
-            metric=dict(type="int"),
-        )),
+        routes=dict(
+            type="list",
+            elements="dict",
+            options=dict(
+                to=dict(type="str", required=True),
+                via=dict(type="str", required=True),
+                metric=dict(type="int"),
+            ),
+        ),
         nameservers=dict(type="list", elements="str"),
         rollback_timeout=dict(type="int", default=30),
         netns=dict(type="str"),
@@ -216,7 +226,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if PYROUTE2_IMPORT_ERROR and module.params["backend"] != "netplan":
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
-    run_module(module, run_bridge)
+    run_module(module, ensure_bridge)
 
 
 if __name__ == "__main__":

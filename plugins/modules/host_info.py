@@ -28,6 +28,11 @@ extends_documentation_fragment:
   - virtops.kvm._libvirt
   - virtops.kvm._attributes.INFO_MODULE
 attributes:
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
+    support: full
+    details:
+      - It only reads.
   platform:
     platforms: posix
 author:
@@ -64,12 +69,18 @@ host:
       sample: {vendor: GenuineIntel, model_name: Intel Xeon, virtualization_flag: vmx, address_bits: {physical: 46, virtual: 48}}
     kvm:
       description:
-        - The kvm-ok question. C(ok) with C(reason); whether C(/dev/kvm) exists and is
-          usable by the user QEMU runs as; the kvm module and its C(nested) parameter.
+        - The kvm-ok question. C(ok) with C(reason); whether C(/dev/kvm) exists, its owner, group and mode, and
+          whether the user QEMU runs as (C(qemu_user), with C(qemu_group)) can open it read-write
+          (C(usable_by_qemu_user), V(null) when that user is unknown); the kvm module and its C(nested) parameter.
+        - When C(/dev/kvm) exists but QEMU cannot open it, C(slow_libvirt_cause) explains that this is why libvirt
+          calls are slow (libvirt 9.0 re-probes QEMU's capabilities on every call, so C(defineXML) took 48 s instead
+          of 0.02 s), C(reason) names the fix, and the module warns. Otherwise C(slow_libvirt_cause) is V(null).
+        - Tri-states (C(usable_by_qemu_user), C(nested)) are V(true), V(false), or V(null) when the host does not say.
       returned: when gathered
       type: dict
-      sample: {ok: true, reason: KVM acceleration can be used, device_present: true, qemu_user: libvirt-qemu,
-               usable_by_qemu_user: true, module: kvm_intel, module_loaded: true, nested: false, device_mode: "0660"}
+      sample: {ok: true, reason: KVM acceleration can be used, slow_libvirt_cause: null, device_present: true,
+               device_owner: root, device_group: kvm, device_mode: "0660", qemu_user: libvirt-qemu, qemu_group: kvm,
+               usable_by_qemu_user: true, module: kvm_intel, module_loaded: true, nested: false}
     numa:
       description: NUMA nodes with their CPUs and memory in kB.
       returned: when gathered
@@ -97,15 +108,17 @@ host:
       sample: {devices: [{address: "0000:03:00.0", netdevs: [enp3s0f0], driver: igb, totalvfs: 7, numvfs: 2,
                           vfs: ["0000:03:10.0", "0000:03:10.2"]}]}
     apparmor:
-      description: Whether AppArmor is enabled in the running kernel.
+      description: Whether AppArmor is enabled in the running kernel (V(null) when the kernel has no AppArmor to ask).
       returned: when gathered
       type: dict
       sample: {enabled: true, kernel_module: true}
     ksm:
-      description: Kernel Same-page Merging settings and counters, or C(available=false) when the kernel has no KSM.
+      description:
+        - Kernel Same-page Merging settings and counters, or C(available=false) when the kernel has no KSM.
+        - The switches C(merge_across_nodes) and C(use_zero_pages) are V(true)/V(false) (V(null) when absent).
       returned: when gathered
       type: dict
-      sample: {available: true, run: 0, pages_to_scan: 100, sleep_millisecs: 20, merge_across_nodes: 1, pages_shared: 0, pages_sharing: 0}
+      sample: {available: true, run: 0, pages_to_scan: 100, sleep_millisecs: 20, merge_across_nodes: true, pages_shared: 0, pages_sharing: 0}
     libvirt:
       description:
         - libvirt and hypervisor versions, the domain types (V(kvm), V(qemu)) for the host architecture, machine
@@ -124,10 +137,10 @@ host:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
-from ansible_collections.virtops.kvm.plugins.module_utils._host_info import SUBSETS, run_host_info
+from ansible_collections.virtops.kvm.plugins.module_utils._host_info import SUBSETS, ensure_host_info
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 
 
 def main():
@@ -137,7 +150,7 @@ def main():
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    run_module(module, run_host_info)
+    run_module(module, ensure_host_info, read_only=True)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ attributes:
     support: full
   diff_mode:
     support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
+    support: full
   platform:
     platforms: posix
 notes:
@@ -155,9 +158,9 @@ commands_skipped:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
-from ansible_collections.virtops.kvm.plugins.module_utils._hugepages import run_hugepages
+from ansible_collections.virtops.kvm.plugins.module_utils._hugepages import ensure_hugepages
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 
 
 def main():
@@ -179,7 +182,7 @@ def main():
         required_if=[("state", "present", ("count", "nodes"), True)],
         supports_check_mode=True,
     )
-    run_module(module, run_hugepages)
+    run_module(module, ensure_hugepages)
 
 
 if __name__ == "__main__":

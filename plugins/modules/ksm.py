@@ -46,6 +46,8 @@ options:
     description:
       - Also write the options that are set to C(/etc/tmpfiles.d/virtops-ksm.conf) (C(w) rules for
         systemd-tmpfiles), so they are applied at boot. V(false) leaves that file alone.
+      - Settings already in that file that this task does not set (written by another ksm task) are kept;
+        the file is read, merged and written under a lock, so concurrent tasks both land their settings.
     type: bool
     default: false
 extends_documentation_fragment:
@@ -55,6 +57,9 @@ attributes:
   check_mode:
     support: full
   diff_mode:
+    support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
     support: full
   platform:
     platforms: posix
@@ -78,21 +83,23 @@ EXAMPLES = r"""
 
 RETURN = r"""
 ksm:
-  description: KSM settings and counters as read from sysfs after the change (predicted in check mode).
+  description:
+    - KSM settings and counters as read from sysfs after the change (predicted in check mode).
+    - The switches C(merge_across_nodes) and C(use_zero_pages) are V(true)/V(false), V(null) when the kernel lacks them.
   returned: always
   type: dict
-  sample: {run: 1, pages_to_scan: 1000, sleep_millisecs: 50, merge_across_nodes: 0, pages_shared: 1200, pages_sharing: 5400,
-           pages_unshared: 300, pages_volatile: 10, full_scans: 42, max_page_sharing: 256, use_zero_pages: 0}
+  sample: {run: 1, pages_to_scan: 1000, sleep_millisecs: 50, merge_across_nodes: false, pages_shared: 1200, pages_sharing: 5400,
+           pages_unshared: 300, pages_volatile: 10, full_scans: 42, max_page_sharing: 256, use_zero_pages: false}
 before:
   description: The managed settings (run, pages_to_scan, sleep_millisecs, merge_across_nodes) before the change.
   returned: always
   type: dict
-  sample: {run: 0, pages_to_scan: 100, sleep_millisecs: 20, merge_across_nodes: 1}
+  sample: {run: 0, pages_to_scan: 100, sleep_millisecs: 20, merge_across_nodes: true}
 after:
   description: The managed settings after the change.
   returned: always
   type: dict
-  sample: {run: 1, pages_to_scan: 1000, sleep_millisecs: 50, merge_across_nodes: 0}
+  sample: {run: 1, pages_to_scan: 1000, sleep_millisecs: 50, merge_across_nodes: false}
 tmpfiles:
   description: The tmpfiles rule the settings were made persistent in.
   returned: when O(persistent=true)
@@ -102,9 +109,9 @@ tmpfiles:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
-from ansible_collections.virtops.kvm.plugins.module_utils._ksm import run_ksm
+from ansible_collections.virtops.kvm.plugins.module_utils._ksm import ensure_ksm
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 
 
 def main():
@@ -123,7 +130,7 @@ def main():
         required_one_of=[("run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes")],
         supports_check_mode=True,
     )
-    run_module(module, run_ksm)
+    run_module(module, ensure_ksm)
 
 
 if __name__ == "__main__":

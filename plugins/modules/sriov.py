@@ -37,13 +37,13 @@ options:
         type: int
         required: true
       mac:
-        description: MAC address of the VF.
+        description: Unicast MAC address of the VF (six colon-separated hex octets, such as V(02:00:00:00:01:00)).
         type: str
       vlan:
-        description: VLAN ID (0 removes the VLAN).
+        description: VLAN ID, 0 to 4095 (0 removes the VLAN).
         type: int
       qos:
-        description: 802.1p priority for the VLAN; needs O(vfs[].vlan).
+        description: 802.1p priority (0 to 7) for the VLAN; needs O(vfs[].vlan).
         type: int
       spoofchk:
         description: MAC spoof checking.
@@ -89,6 +89,9 @@ attributes:
     support: full
   diff_mode:
     support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
+    support: full
   platform:
     platforms: posix
 notes:
@@ -96,6 +99,8 @@ notes:
     reachable the module warns and only checks the host's own use.
   - Per-VF settings need pyroute2 on the managed host. Drivers support different subsets of them
     (for example igb has no O(vfs[].link_state)); the kernel's error is reported.
+  - When O(root) is not V(/), the run is confined to that tree - netlink is not read (O(vfs) is refused, since its
+    settings live in the running kernel), running guests are not looked up, and C(udevadm settle) is not run.
 requirements:
   - pyroute2 (for O(vfs) and the in-use checks)
 author:
@@ -145,26 +150,31 @@ rule:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
-from ansible_collections.virtops.kvm.plugins.module_utils._pci import run_sriov
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._sriov import ensure_sriov
 
 
 def main():
     argument_spec = dict(
         device=dict(type="str", required=True),
         num_vfs=dict(type="int"),
-        vfs=dict(type="list", elements="dict", default=[], options=dict(
-            index=dict(type="int", required=True),
-            mac=dict(type="str"),
-            vlan=dict(type="int"),
-            qos=dict(type="int"),
-            spoofchk=dict(type="bool"),
-            trust=dict(type="bool"),
-            link_state=dict(type="str", choices=["auto", "enable", "disable"]),
-            max_tx_rate=dict(type="int"),
-        )),
+        vfs=dict(
+            type="list",
+            elements="dict",
+            default=[],
+            options=dict(
+                index=dict(type="int", required=True),
+                mac=dict(type="str"),
+                vlan=dict(type="int"),
+                qos=dict(type="int"),
+                spoofchk=dict(type="bool"),
+                trust=dict(type="bool"),
+                link_state=dict(type="str", choices=["auto", "enable", "disable"]),
+                max_tx_rate=dict(type="int"),
+            ),
+        ),
         vf_driver=dict(type="str", choices=["default", "vfio-pci"]),
         persistent=dict(type="bool", default=False),
         force=dict(type="bool", default=False),
@@ -173,7 +183,7 @@ def main():
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    run_module(module, run_sriov)
+    run_module(module, ensure_sriov, read_only=True)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,15 @@ attributes:
     support: full
   diff_mode:
     support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
+    support: full
   platform:
     platforms: posix
+notes:
+  - When O(root) is not V(/), nothing runs on this machine - no C(modprobe vfio-pci) (C(vfio-pci) must already be loaded in
+    that tree) and no initramfs rebuild; the module warns with the command to run inside that system instead.
+  - The recorded drivers and the persistent files are changed under a file lock, so concurrent runs both land their change.
 author:
   - virtops.kvm maintainers (@virtops)
 """
@@ -127,9 +134,9 @@ initramfs_updated:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
-from ansible_collections.virtops.kvm.plugins.module_utils._pci import run_vfio_pci
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
+from ansible_collections.virtops.kvm.plugins.module_utils._vfio_pci import ensure_vfio_pci
 
 
 def main():
@@ -144,7 +151,7 @@ def main():
     )
     argument_spec.update(HOSTFS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, required_one_of=[("devices", "ids")], supports_check_mode=True)
-    run_module(module, run_vfio_pci)
+    run_module(module, ensure_vfio_pci)
 
 
 if __name__ == "__main__":

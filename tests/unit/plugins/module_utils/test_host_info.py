@@ -6,9 +6,12 @@ import os
 
 import pytest
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _host_facts as facts_core
 from ansible_collections.virtops.kvm.plugins.module_utils import _host_info as hi
+from ansible_collections.virtops.kvm.plugins.module_utils import _pci
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HostFS
+from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends
 
 
 @pytest.fixture
@@ -44,8 +47,65 @@ def test_kvm_not_usable_when_device_is_root_only(fs, fakehost):
     kvm = hi.gather_kvm(fs)
     assert kvm["ok"] is False
     assert kvm["usable_by_qemu_user"] is False
-    assert "libvirt-qemu cannot open it" in kvm["reason"]
+    assert "libvirt-qemu (the user QEMU runs as, group kvm) cannot open it" in kvm["reason"]
+    assert "owner root, group kvm, mode 0600" in kvm["reason"]
+    assert "chmod 0660 /dev/kvm" in kvm["reason"]
     assert kvm["device_mode"] == "0600"
+    assert "slow" in kvm["slow_libvirt_cause"] and "defineXML 48 s" in kvm["slow_libvirt_cause"]
+
+
+def _kvm_device(fs, mode, gid):
+    if not fs.is_char_device("/dev/kvm"):
+        pytest.skip("cannot create a character device here (not root)")
+    os.chown(fs.path("/dev/kvm"), 0, gid)
+    os.chmod(fs.path("/dev/kvm"), mode)
+
+
+def test_kvm_device_owner_group_mode_reported(fs):
+    _kvm_device(fs, 0o660, 108)
+    kvm = hi.gather_kvm(fs)
+    assert (kvm["device_owner"], kvm["device_group"], kvm["device_mode"]) == ("root", "kvm", "0660")
+    assert (kvm["qemu_user"], kvm["qemu_group"]) == ("libvirt-qemu", "kvm")
+    assert kvm["slow_libvirt_cause"] is None
+
+
+def test_kvm_root_group_device_is_the_cause_of_slow_libvirt(fs):
+    """The fresh-machine state: /dev/kvm 0600 root:root. QEMU cannot open it, libvirt re-probes on every call."""
+    _kvm_device(fs, 0o600, 0)
+    kvm = hi.gather_kvm(fs)
+    assert (kvm["device_owner"], kvm["device_group"], kvm["device_mode"]) == ("root", "root", "0600")
+    assert kvm["usable_by_qemu_user"] is False
+    assert kvm["ok"] is False
+    result = hi.ensure_host_info(Backends(hostfs=fs, root="/"), {"gather": ["kvm"]}, False)
+    assert result["changed"] is False
+    assert len(result["warnings"]) == 1
+    assert "libvirt calls are slow" in result["warnings"][0]
+    assert "re-probes" in result["host"]["kvm"]["slow_libvirt_cause"] or "probes QEMU again" in result["host"]["kvm"]["slow_libvirt_cause"]
+
+
+def test_kvm_group_from_qemu_conf_counts(fs):
+    """qemu.conf's group = "kvm" lets a user outside group kvm open a 0660 root:kvm device."""
+    _kvm_device(fs, 0o660, 108)
+    with open(fs.path("/etc/group"), "w") as handle:
+        handle.write("root:x:0:\nkvm:x:108:\nlibvirt-qemu:x:64055:\n")
+    with open(fs.path("/etc/passwd"), "w") as handle:
+        handle.write("libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin\n")
+    assert hi.gather_kvm(fs)["usable_by_qemu_user"] is False
+    with open(fs.path("/etc/libvirt/qemu.conf"), "w") as handle:
+        handle.write('group = "kvm"\n')
+    kvm = hi.gather_kvm(fs)
+    assert kvm["usable_by_qemu_user"] is True
+    assert kvm["qemu_group"] == "kvm"
+
+
+def test_kvm_unknown_qemu_user_is_null_not_false(fs):
+    _kvm_device(fs, 0o600, 0)
+    with open(fs.path("/etc/passwd"), "w") as handle:
+        handle.write("root:x:0:0:root:/root:/bin/bash\n")
+    kvm = hi.gather_kvm(fs)
+    assert kvm["qemu_user"] is None
+    assert kvm["usable_by_qemu_user"] is None
+    assert kvm["slow_libvirt_cause"] is None
 
 
 def test_kvm_without_device_or_flag(tmp_path):
@@ -73,7 +133,7 @@ def test_numa(fs):
 
 
 def test_hugepages_per_size_and_node(fs):
-    hp = hi.gather_hugepages(fs)
+    hp = facts_core.gather_hugepages(fs)
     assert hp["default_size_kb"] == 2048
     assert sorted(hp["pools"]) == ["1048576kB", "2048kB"]
     two_m = hp["pools"]["2048kB"]
@@ -101,18 +161,32 @@ def test_iommu_off(tmp_path):
 
 def test_sriov(fs, fakehost):
     devices = hi.gather_sriov(fs)["devices"]
-    assert devices == [{
-        "address": fakehost["pf"], "netdevs": ["enp3s0f0"], "driver": "igb", "totalvfs": 7, "numvfs": 2, "vfs": fakehost["vfs"],
-    }]
+    assert devices == [
+        {
+            "address": fakehost["pf"],
+            "netdevs": ["enp3s0f0"],
+            "driver": "igb",
+            "totalvfs": 7,
+            "numvfs": 2,
+            "vfs": fakehost["vfs"],
+        }
+    ]
 
 
 def test_apparmor_and_ksm(fs, tmp_path):
-    assert hi.gather_apparmor(fs) == {"enabled": True, "kernel_module": True}
-    ksm = hi.gather_ksm(fs)
+    assert facts_core.gather_apparmor(fs) == {"enabled": True, "kernel_module": True}
+    ksm = facts_core.gather_ksm(fs)
     assert ksm["available"] is True
     assert (ksm["run"], ksm["pages_shared"], ksm["pages_sharing"]) == (1, 12, 40)
-    assert hi.gather_ksm(HostFS(str(tmp_path / "empty"))) == {"available": False}
-    assert hi.gather_apparmor(HostFS(str(tmp_path / "empty"))) == {"enabled": False, "kernel_module": False}
+    assert ksm["merge_across_nodes"] is True and ksm["use_zero_pages"] is False
+    assert facts_core.gather_ksm(HostFS(str(tmp_path / "empty"))) == {"available": False}
+    # no AppArmor to ask: unknown (null), not "disabled"
+    assert facts_core.gather_apparmor(HostFS(str(tmp_path / "empty"))) == {"enabled": None, "kernel_module": False}
+
+
+@pytest.mark.parametrize("text, value", [("Y", True), ("N", False), ("1\n", True), ("0", False), (None, None), ("", None), ("maybe", None)])
+def test_one_tristate_encoding(text, value):
+    assert facts_core.tristate(text) is value
 
 
 def test_empty_tree_gives_nulls_not_errors(tmp_path):
@@ -186,5 +260,19 @@ def test_virtio_nic_netdevs_are_found(fs):
     os.makedirs(base + "/virtio0/net/ens3")
     with open(base + "/vendor", "w") as handle:
         handle.write("0x1af4\n")
-    assert hi.pci_netdevs(fs, "0000:00:03.0") == ["ens3"]
-    assert hi.pci_device(fs, "0000:00:03.0")["netdevs"] == ["ens3"]
+    assert _pci.pci_netdevs(fs, "0000:00:03.0") == ["ens3"]
+    assert _pci.pci_device(fs, "0000:00:03.0")["netdevs"] == ["ens3"]
+
+
+def test_ensure_host_info_is_read_only_and_selects_subsets(fs, fakehost):
+    before = sorted(os.walk(fakehost["root"]))
+    result = hi.ensure_host_info(Backends(hostfs=fs, root=fakehost["root"]), {"gather": ["numa", "ksm"]}, True)
+    assert result["changed"] is False
+    assert sorted(result["host"]) == ["ksm", "numa"]
+    assert sorted(os.walk(fakehost["root"])) == before
+
+
+def test_mounts_with_escaped_spaces(fs):
+    with open(fs.path("/proc/mounts"), "w") as handle:
+        handle.write("hugetlbfs /mnt/huge\\040pages hugetlbfs rw,pagesize=2M 0 0\n")
+    assert facts_core.hugetlbfs_mounts(fs) == [{"path": "/mnt/huge pages", "pagesize": "2M"}]
