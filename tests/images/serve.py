@@ -24,12 +24,12 @@ import time
 def _serve(directory, pidfile, ready_fd):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    log = open(pidfile + ".log", "a", buffering=1, encoding="utf-8")  # pylint: disable=consider-using-with
-    handler.func.log_message = lambda self, fmt, *args: log.write("%s\n" % (fmt % args))
-    os.write(ready_fd, ("%d\n" % server.server_address[1]).encode())
-    os.close(ready_fd)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.serve_forever()
+    with open(pidfile + ".log", "a", buffering=1, encoding="utf-8") as log:
+        handler.func.log_message = lambda self, fmt, *args: log.write("%s\n" % (fmt % args))
+        os.write(ready_fd, ("%d\n" % server.server_address[1]).encode())
+        os.close(ready_fd)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        server.serve_forever()
 
 
 def start(directory, pidfile):
