@@ -4,31 +4,8 @@
 
 from __future__ import annotations
 
-import fnmatch
-import urllib.parse
-
-from ansible.errors import AnsibleParserError
-from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
-
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
-from ansible_collections.virtops.kvm.plugins.module_utils._inventory_meta import (
-    ADDRESS_SOURCES,
-    guest_address,
-    inventory_element,
-    parse_inventory,
-)
-from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
-    VIR_CONNECT_LIST_DOMAINS_ACTIVE,
-    VIR_DOMAIN_XML_INACTIVE,
-    VIR_ERR_NO_DOMAIN,
-    libvirt,
-    open_client,
-    translated,
-)
-from ansible_collections.virtops.kvm.plugins.module_utils._xml import etree, parse_xml
-
 DOCUMENTATION = r"""
-name: virtops.kvm.libvirt
+name: libvirt
 short_description: Guests of libvirt hypervisors as inventory hosts
 version_added: 0.1.0
 description:
@@ -173,6 +150,29 @@ keyed_groups:
 compose:
   ansible_user: ansible_user | default('debian')
 """
+
+import fnmatch
+import urllib.parse
+
+from ansible.errors import AnsibleParserError
+from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._inventory_meta import (
+    ADDRESS_SOURCES,
+    guest_address,
+    inventory_element,
+    parse_inventory,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
+    VIR_CONNECT_LIST_DOMAINS_ACTIVE,
+    VIR_DOMAIN_XML_INACTIVE,
+    VIR_ERR_NO_DOMAIN,
+    libvirt,
+    open_client,
+    translated,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._xml import etree, parse_xml
 
 # Group names of libvirt's domain states, by the name of libvirt's constant (libvirt-domain.h).
 STATE_GROUPS = {

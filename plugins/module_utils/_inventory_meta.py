@@ -244,7 +244,7 @@ def forward_endpoint(forward, remote_host=None):
 def usable_address(text):
     """Whether an address reported for a guest can reach it from outside (not loopback, link-local...)."""
     try:
-        addr = ipaddress.ip_address(str(text).split("%")[0])
+        addr = ipaddress.ip_address(str(text).split("%", maxsplit=1)[0])
     except ValueError:
         return False
     return not (addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_unspecified)

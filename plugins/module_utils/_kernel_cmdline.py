@@ -233,7 +233,7 @@ class GrubbyLayout:
             lines = [line for line in text.splitlines() if not line.startswith("options ")] + ["options " + " ".join(after)]
             files[path] = "\n".join(lines) + "\n" if after != before else text
         if self.fs.exists(KERNEL_CMDLINE):
-            cmdline = [t for t in (self.fs.read(KERNEL_CMDLINE, "") or "").split()]
+            cmdline = (self.fs.read(KERNEL_CMDLINE, "") or "").split()
             files[KERNEL_CMDLINE] = " ".join(apply_arguments(cmdline, arguments, state)) + "\n"
         cmd = ["grubby", "--update-kernel=ALL"]
         if removed:

@@ -343,7 +343,7 @@ def parse_config(text):
 
 
 def _uncomment(line):
-    head, _, rest = line.partition("#")
+    head, _hash, rest = line.partition("#")
     return head + rest
 
 
@@ -355,7 +355,7 @@ def _commented_entry(lines, index):
     text = first
     for end in range(index + 1, min(index + 60, len(lines)) + 1):
         try:
-            key, value, _ = parse_statement(text if text.endswith("\n") else text + "\n", 0)
+            key, value, _end = parse_statement(text if text.endswith("\n") else text + "\n", 0)
             return Entry(key, value, index, end, commented=True)
         except ParseError as exc:
             if "unterminated" not in exc.msg and "',' or ']'" not in exc.msg:

@@ -60,7 +60,7 @@ options:
         its guest); an error there fails the task before any guest is touched.
       - Then the guests are handled in list order, each planned, validated and applied before the next.
         When one fails, the task fails with a message naming the entry and the guest; the guests before it
-        keep what was done to them, and RV(results) lists them with their changes (RV(changed) is true when
+        keep what was done to them, and RV(results) lists them with their changes (the task is changed when
         one of them changed); the entries after it are not touched.
     type: list
     elements: dict

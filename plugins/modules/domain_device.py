@@ -23,7 +23,7 @@ description:
     the old device stays. It runs before the running guest is touched. On the running guest the old device is
     detached, released by the guest, and the new one attached; when libvirt refuses the new one, the old one is
     attached again and the module fails saying so.
-  - Secret values (a graphics C(passwd)) are compared, but never returned: RV(device) and the diff show
+  - Secret values (a graphics C(passwd)) are compared, but never returned; RV(device) and the diff show
     C(********), and the value is masked in the task's C(invocation).
   - A C(<disk device='cdrom'>) (or floppy) without C(<source>) means an empty drive, so giving it for a drive
     that holds media ejects it.

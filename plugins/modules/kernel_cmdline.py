@@ -52,7 +52,7 @@ attributes:
     platforms: posix
 notes:
   - With O(root) other than V(/) no command runs (C(update-grub), C(grub2-mkconfig), C(grubby), C(kernel-install) would
-    act on this machine's boot configuration): the files in the tree are changed as the tool would change them and the
+    act on this machine's boot configuration); the files in the tree are changed as the tool would change them and the
     command is returned in RV(skipped_commands) with a warning.
   - The module never reboots. The kvm_host role reboots when asked to and then checks C(/proc/cmdline).
 author:

@@ -12,7 +12,7 @@ description:
   - Sets keys in one of libvirt's configuration files under C(/etc/libvirt), or restores their
     defaults, keeping the rest of the file (the package's comments and commented defaults) as it is.
   - Parses libvirt's own grammar (strings, integers, lists of strings that may span lines, comments)
-    and checks every value's type before writing: from a table of common keys, and for other keys from
+    and checks every value's type before writing, from a table of common keys, and for other keys from
     the commented default the package ships in the file. A wrong type fails and leaves the file untouched.
   - A new assignment goes next to the package's commented default (or replaces it when it is the same
     value), at the end of the file otherwise. The file is written atomically, keeping its mode.

@@ -45,7 +45,6 @@ options:
         of a C(luks) image or an encrypted qcow2 image.
       - V(bitmap) adds, removes, enables, disables a persistent dirty bitmap of a qcow2 image, and
         merges other bitmaps into it (O(merge_from)).
-    type: str
       - The former V(info) is the module M(virtops.kvm.qemu_img_info).
     type: str
     choices: [create, convert, resize, amend, bitmap]

@@ -76,9 +76,9 @@ def pytest_terminal_summary(terminalreporter):
     if not _RESULTS:
         return
     rows = timing_rows()
-    total = sum(entry["seconds"] for _, entry in rows)
+    total = sum(entry["seconds"] for _name, entry in rows)
     wall = time.monotonic() - _STARTED[0] if _STARTED else total
-    width = max(len(name) for name, _ in rows)
+    width = max(len(name) for name, _entry in rows)
     write = terminalreporter.write_line
     terminalreporter.section("integration targets by wall time")
     write("%-*s  %8s  %s" % (width, "target", "m:ss", "outcome"))

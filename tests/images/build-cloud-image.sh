@@ -82,7 +82,7 @@ EOF
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/log/*.log "$root/tmp"/*
 
-kernel=$(cd "$root/boot" && ls vmlinuz-* | sort -V | tail -1)
+kernel=$(find "$root/boot" -maxdepth 1 -name "vmlinuz-*" -printf "%f\n" | sort -V | tail -1)
 initrd=initrd.img-${kernel#vmlinuz-}
 [ -f "$root/boot/$initrd" ] || { log "no initramfs for $kernel in the image"; exit 1; }
 mkdir -p "$root/boot/extlinux"

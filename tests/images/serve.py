@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Serve one directory over HTTP on 127.0.0.1, for the image URL + checksum path of the tests.
 
-    serve.py start DIR PIDFILE    start in the background, print the URL base (http://127.0.0.1:PORT/)
-    serve.py stop PIDFILE         stop the server that start wrote PIDFILE for
+    python serve.py start DIR PIDFILE    start in the background, print the URL base (http://127.0.0.1:PORT/)
+    python serve.py stop PIDFILE         stop the server that start wrote PIDFILE for
 
 The port is chosen by the kernel (bind to port 0), so parallel test runs never collide. Only
 127.0.0.1 is bound. The server logs each request to PIDFILE.log, so a test can tell whether an
@@ -63,7 +62,7 @@ def stop(pidfile):
         return
     try:
         os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
+        for _attempt in range(50):
             os.kill(pid, 0)
             time.sleep(0.1)
     except ProcessLookupError:
