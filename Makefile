@@ -30,6 +30,7 @@ collection: deps
 
 lint: collection
 	ruff check plugins tests
+	ruff format --check plugins tests
 	# from inside the mirror, ansible-lint sees the collection in place and installs no copy of it;
 	# its project cache (.ansible/) must not outlive it, or sanity would test that copy too
 	cd $(COLL)

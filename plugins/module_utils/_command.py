@@ -20,12 +20,14 @@ class CommandRunner:
         """Run ``args`` (a list). Returns ``(rc, stdout, stderr)``; raises when ``check`` and rc != 0."""
         if not isinstance(args, (list, tuple)):
             raise TypeError("commands are argument lists")
-        rc, out, err = self.module.run_command(list(args), data=data, binary_data=data is not None and not isinstance(data, str),
-                                               environ_update=environ_update)
+        rc, out, err = self.module.run_command(list(args), data=data, binary_data=data is not None and not isinstance(data, str), environ_update=environ_update)
         if check and rc != 0:
             detail = (err or out or "").strip()
             raise CommandError(
                 "%s failed (rc=%d): %s" % (what or args[0], rc, detail),
-                cmd=list(args), rc=rc, stdout=out, stderr=err,
+                cmd=list(args),
+                rc=rc,
+                stdout=out,
+                stderr=err,
             )
         return rc, out, err

@@ -15,16 +15,30 @@ import re
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import ValidationError
 
 UNIT_FACTORS = {
-    "b": 1, "byte": 1, "bytes": 1,
-    "kb": 1000, "k": 1024, "kib": 1024,
-    "mb": 1000 ** 2, "m": 1024 ** 2, "mib": 1024 ** 2,
-    "gb": 1000 ** 3, "g": 1024 ** 3, "gib": 1024 ** 3,
-    "tb": 1000 ** 4, "t": 1024 ** 4, "tib": 1024 ** 4,
-    "pb": 1000 ** 5, "p": 1024 ** 5, "pib": 1024 ** 5,
-    "eb": 1000 ** 6, "e": 1024 ** 6, "eib": 1024 ** 6,
+    "b": 1,
+    "byte": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "pb": 1000**5,
+    "p": 1024**5,
+    "pib": 1024**5,
+    "eb": 1000**6,
+    "e": 1024**6,
+    "eib": 1024**6,
 }
 # A size no disk, memory or page pool reaches (libvirt and qemu-img use unsigned 64-bit byte counts).
-MAX_BYTES = 2 ** 63 - 1
+MAX_BYTES = 2**63 - 1
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 

@@ -11,8 +11,17 @@ from ansible_collections.virtops.kvm.plugins.module_utils._units import MAX_BYTE
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (0, 0), (512, 512), ("512", 512), ("10G", 10 * 1024**3), ("10GiB", 10 * 1024**3), ("1GB", 10**9),
-        ("2048kB", 2048 * 1000), ("2048KiB", 2048 * 1024), ("64k", 65536), (" 1 M ", 1024**2), ("3bytes", 3),
+        (0, 0),
+        (512, 512),
+        ("512", 512),
+        ("10G", 10 * 1024**3),
+        ("10GiB", 10 * 1024**3),
+        ("1GB", 10**9),
+        ("2048kB", 2048 * 1000),
+        ("2048KiB", 2048 * 1024),
+        ("64k", 65536),
+        (" 1 M ", 1024**2),
+        ("3bytes", 3),
     ],
 )
 def test_parse_size(value, expected):

@@ -65,8 +65,12 @@ def build(root, nodes=2, sizes_kb=(2048, 1048576), node_pages=None, cpu_flag="vm
         )
     _write(root, "/proc/cpuinfo", "\n".join(cpu_blocks))
     _write(root, "/proc/meminfo", "MemTotal:       %d kB\nMemFree:        %d kB\nHugepagesize:       2048 kB\n" % (nodes * 8388608, nodes * 8000000))
-    _write(root, "/proc/mounts", "sysfs /sys sysfs rw 0 0\nhugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
-                                 "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,pagesize=1024M 0 0\n")
+    _write(
+        root,
+        "/proc/mounts",
+        "sysfs /sys sysfs rw 0 0\nhugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
+        "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,pagesize=1024M 0 0\n",
+    )
     _write(root, "/proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/sda1 intel_iommu=on iommu=pt")
 
     for node in range(nodes):
@@ -78,8 +82,13 @@ def build(root, nodes=2, sizes_kb=(2048, 1048576), node_pages=None, cpu_flag="vm
         per_node = node_pages.get(size, [0] * nodes)
         total = sum(per_node)
         base = "/sys/kernel/mm/hugepages/hugepages-%dkB" % size
-        for name, value in (("nr_hugepages", total), ("free_hugepages", total), ("resv_hugepages", 0), ("surplus_hugepages", 0),
-                            ("nr_overcommit_hugepages", 0)):
+        for name, value in (
+            ("nr_hugepages", total),
+            ("free_hugepages", total),
+            ("resv_hugepages", 0),
+            ("surplus_hugepages", 0),
+            ("nr_overcommit_hugepages", 0),
+        ):
             _write(root, "%s/%s" % (base, name), str(value))
         for node in range(nodes):
             nbase = "/sys/devices/system/node/node%d/hugepages/hugepages-%dkB" % (node, size)
@@ -103,9 +112,19 @@ def build(root, nodes=2, sizes_kb=(2048, 1048576), node_pages=None, cpu_flag="vm
     _write(root, "/sys/module/kvm_intel/parameters/nested", "Y")
     _write(root, "/sys/module/kvm/parameters/ignore_msrs", "N")
     _write(root, "/sys/module/apparmor/parameters/enabled", "Y")
-    for name, value in (("run", 1), ("pages_to_scan", 100), ("sleep_millisecs", 20), ("merge_across_nodes", 1), ("pages_shared", 12),
-                        ("pages_sharing", 40), ("pages_unshared", 3), ("pages_volatile", 0), ("full_scans", 5),
-                        ("max_page_sharing", 256), ("use_zero_pages", 0)):
+    for name, value in (
+        ("run", 1),
+        ("pages_to_scan", 100),
+        ("sleep_millisecs", 20),
+        ("merge_across_nodes", 1),
+        ("pages_shared", 12),
+        ("pages_sharing", 40),
+        ("pages_unshared", 3),
+        ("pages_volatile", 0),
+        ("full_scans", 5),
+        ("max_page_sharing", 256),
+        ("use_zero_pages", 0),
+    ):
         _write(root, "/sys/kernel/mm/ksm/%s" % name, str(value))
 
     _write(root, "/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nlibvirt-qemu:x:64055:108:Libvirt Qemu,,,:/var/lib/libvirt:/usr/sbin/nologin\n")
