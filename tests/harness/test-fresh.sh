@@ -115,8 +115,24 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 # The network's trust anchors are the site's, not the project's: where HTTPS goes through an
 # intercepting proxy, the host's CA bundle is what lets pip reach PyPI (a new machine at the same
 # site has it too). Only the bundle and pip's pointer to it are copied, no package index or wheels.
+# The site's extra certificates (those in this machine's bundle that the root's does not have) also
+# go to /usr/local/share/ca-certificates, or the first apt install that runs update-ca-certificates
+# rebuilds the bundle without them.
 if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
-  mkdir -p "$root/etc/ssl/certs"
+  mkdir -p "$root/etc/ssl/certs" "$root/usr/local/share/ca-certificates"
+  python3 - /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt" "$root/usr/local/share/ca-certificates" <<'PY'
+import re, sys
+def certs(path):
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", handle.read(), re.S)
+    except FileNotFoundError:
+        return []
+known = set(certs(sys.argv[2]))
+for number, cert in enumerate(c for c in certs(sys.argv[1]) if c not in known):
+    with open("%s/site-%d.crt" % (sys.argv[3], number), "w", encoding="ascii") as handle:
+        handle.write(cert + "\n")
+PY
   cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
   printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$root/etc/pip.conf"
 fi
