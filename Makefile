@@ -14,8 +14,8 @@ HARNESS := $(CURDIR)/tests/harness
 
 .PHONY: test test-fresh reliability-doc deps collection lint sanity units package integration guest demo build docs clean
 
-## test: everything CI runs, in order: lint, sanity, unit tests, integration tests
-test: lint sanity units package integration
+## test: everything CI runs, in order: lint, sanity, unit tests, packaging, the docs site, integration tests
+test: lint sanity units package docs integration
 
 ## test-fresh: `make test` inside a freshly debootstrapped Debian 12 root (not part of `make test`)
 test-fresh:
@@ -94,6 +94,15 @@ package: collection
 	ansible-doc -t module $$modules >/dev/null
 	ansible localhost -i localhost, -c local -e ansible_python_interpreter=$(VENV)/bin/python -m virtops.kvm.host_info -a 'gather=cpu,numa' | grep -q '"node_count"'
 	echo "package: built, installed, $$(echo $$modules | wc -w) modules documented, host_info ran from the installed copy"
+	ansible-doc -t inventory virtops.kvm.libvirt >/dev/null
+	ansible-doc -t role virtops.kvm.kvm_host >/dev/null
+	ansible-doc -t role virtops.kvm.kvm_guest >/dev/null
+	$(CURDIR)/tests/packaging/check.sh $(COLL) "$$tmp"/virtops-kvm-*.tar.gz
+
+## docs: the documentation site (antsibull-docs and Sphinx, warnings are errors) in tests/output/docs
+docs: collection
+	python docs/guides/render.py --check
+	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) docs/docsite/build.sh $(CURDIR)/tests/output/docs
 
 clean:
 	rm -rf $(VIRTOPS_BUILD) tests/output virtops-kvm-*.tar.gz

@@ -36,5 +36,5 @@ KVM hypervisors and their guests, end to end, with Ansible.
    collections/environment_variables
    ansible_references
 RST
-sphinx-build -q -M html "$out/rst" "$out/build" -c "$here" -W --keep-going
+sphinx-build -M html "$out/rst" "$out/build" -c "$here" -W --keep-going -q
 echo "docs: built $(find "$out/build/html" -name '*.html' | wc -l) pages in $out/build/html"
