@@ -16,7 +16,8 @@ fail() { echo "package: $*" >&2; exit 1; }
 lines() { sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' "$1" | sort; }
 
 # -- execution environment ---------------------------------------------------------------------
-ansible-galaxy collection install -p "$tmp/collections" "$tarball" >/dev/null 2>&1
+# --force: with the collection already on ANSIBLE_COLLECTIONS_PATH, ansible-galaxy would install nothing here
+ansible-galaxy collection install --force -p "$tmp/collections" "$tarball" >/dev/null 2>&1
 ansible-builder introspect --sanitize --write-pip "$tmp/ee-python.txt" --write-bindep "$tmp/ee-system.txt" \
   "$tmp/collections" >"$tmp/introspect.yml"
 # introspection appends "# from collection virtops.kvm" to each line
