@@ -31,6 +31,8 @@ collection: deps
 lint: collection
 	ruff check plugins tests
 	ruff format --check plugins tests
+	# docs/reliability.md is generated from the tests (make reliability-doc rewrites it)
+	python tests/reliability/render.py --check
 	# from inside the mirror, ansible-lint sees the collection in place and installs no copy of it;
 	# its project cache (.ansible/) must not outlive it, or sanity would test that copy too
 	cd $(COLL)
@@ -103,6 +105,10 @@ package: collection
 docs: collection
 	python docs/guides/render.py --check
 	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) docs/docsite/build.sh $(CURDIR)/tests/output/docs
+
+## reliability-doc: regenerate docs/reliability.md from the tests' bad-input and fault cases
+reliability-doc:
+	python tests/reliability/render.py
 
 clean:
 	rm -rf $(VIRTOPS_BUILD) tests/output virtops-kvm-*.tar.gz

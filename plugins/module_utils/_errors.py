@@ -1,14 +1,12 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The collection's one exception hierarchy and the one place it becomes ``fail_json``.
+"""The collection's one exception hierarchy.
 
-Logic in module_utils raises these; a module calls :func:`run_module`, which turns them into
+Logic in module_utils raises these; the one boundary, :func:`._runner.run_module`, turns them into
 ``fail_json(msg=...)``. A message says what was asked, what was found, and what to do next.
 """
 
 from __future__ import annotations
-
-import traceback
 
 
 class VirtopsError(Exception):
@@ -48,17 +46,3 @@ class CommandError(HostError):
         self.rc = rc
         self.stdout = stdout
         self.stderr = stderr
-
-
-def run_module(module, runner, *args, **kwargs):
-    """Call ``runner(module, *args, **kwargs)`` and exit the module with the dict it returns.
-
-    Domain errors become ``fail_json``; anything else is a bug and fails with its traceback.
-    """
-    try:
-        result = runner(module, *args, **kwargs)
-    except VirtopsError as exc:
-        module.fail_json(msg=exc.msg, **exc.details)
-    except Exception as exc:  # pylint: disable=broad-exception-caught
-        module.fail_json(msg="unexpected error: %s" % exc, exception=traceback.format_exc())
-    module.exit_json(**result)
