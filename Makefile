@@ -33,6 +33,7 @@ lint: collection
 	ruff format --check plugins tests
 	# docs/reliability.md is generated from the tests (make reliability-doc rewrites it)
 	python tests/reliability/render.py --check
+	$(HARNESS)/check-architecture.sh
 	# from inside the mirror, ansible-lint sees the collection in place and installs no copy of it;
 	# its project cache (.ansible/) must not outlive it, or sanity would test that copy too
 	cd $(COLL)
