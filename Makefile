@@ -38,7 +38,7 @@ lint: collection
 	# its project cache (.ansible/) must not outlive it, or sanity would test that copy too
 	cd $(COLL)
 	trap 'rm -rf $(COLL)/.ansible' EXIT
-	ansible-lint --profile production roles playbooks
+	ansible-lint --profile production roles playbooks docs/guides
 
 sanity: collection
 	cd $(COLL)
