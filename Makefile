@@ -12,7 +12,7 @@ export VIRTOPS_BUILD ?= /tmp/virtops-kvm-build-$(shell printf %s '$(CURDIR)' | c
 COLL := $(VIRTOPS_BUILD)/ansible_collections/virtops/kvm
 HARNESS := $(CURDIR)/tests/harness
 
-.PHONY: test test-fresh reliability-doc deps collection lint sanity units package integration guest demo build docs clean
+.PHONY: test test-fresh bench reliability-doc deps collection lint sanity units package integration guest demo build docs clean
 
 ## test: everything CI runs, in order: lint, sanity, unit tests, packaging, the docs site, integration tests
 test: lint sanity units package docs integration
@@ -29,8 +29,8 @@ collection: deps
 	$(HARNESS)/sync-collection.sh >/dev/null
 
 lint: collection
-	ruff check plugins tests
-	ruff format --check plugins tests
+	ruff check plugins tests benchmarks docs
+	ruff format --check plugins tests benchmarks docs
 	# docs/reliability.md is generated from the tests (make reliability-doc rewrites it)
 	python tests/reliability/render.py --check
 	$(HARNESS)/check-architecture.sh
@@ -106,6 +106,12 @@ package: collection
 docs: collection
 	python docs/guides/render.py --check
 	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) docs/docsite/build.sh $(CURDIR)/tests/output/docs
+
+## bench: the benchmarks, side by side (not part of make test); writes docs/benchmarks.md
+bench: collection
+	$(HARNESS)/libvirtd.sh start
+	trap '$(HARNESS)/libvirtd.sh stop' EXIT
+	python benchmarks/run.py
 
 ## reliability-doc: regenerate docs/reliability.md from the tests' bad-input and fault cases
 reliability-doc:

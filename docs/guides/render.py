@@ -45,9 +45,18 @@ def page(path):
 
 
 def index(guides):
-    out = [".. _%sguides:" % PREFIX, "", "Guides", "======", "",
-           "Each guide is a playbook you can copy; the integration tests run these files as they are.", "",
-           ".. toctree::", "   :maxdepth: 1", ""]
+    out = [
+        ".. _%sguides:" % PREFIX,
+        "",
+        "Guides",
+        "======",
+        "",
+        "Each guide is a playbook you can copy; the integration tests run these files as they are.",
+        "",
+        ".. toctree::",
+        "   :maxdepth: 1",
+        "",
+    ]
     out += ["   guide_%s" % path.stem for path in guides]
     return "\n".join(out) + "\n"
 

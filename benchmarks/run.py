@@ -1,0 +1,192 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""make bench: run the benchmarks side by side and write docs/benchmarks.md.
+
+P1 (issue 13/17): a no-op converge of N defined guests (default 30) on this machine's libvirtd,
+    - virtops.kvm's domain module with every guest in one task (the ``domains`` batch),
+    - virtops.kvm's domain module once per guest (a loop),
+    - community.libvirt's ``virt command=define`` loop (from the ``ansible`` package, installed in a
+      virtualenv of its own under $VIRTOPS_TEST_CACHE/bench),
+    - the per-task floor: ``ansible.builtin.ping`` over as many items,
+  each timed R times (min / median / max of the wall time of ansible-playbook), with the number of
+  changed results each reports on a run that should change nothing, and the libvirt RPC calls one
+  no-op converge makes (counted from libvirt's client log).
+
+Nothing here asserts anything about time; the numbers are written down, not judged. The guests are
+named virtops-bench-* and undefined at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+TOP = HERE.parent
+URI = "qemu:///system"
+PREFIX = "virtops-bench-"
+GUEST = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <interface type='user'><model type='virtio'/></interface>
+    <console type='pty'/>
+  </devices>
+</domain>
+"""
+
+
+def run(cmd, env=None, check=True):
+    return subprocess.run(cmd, env=env, check=check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def community_venv(cache):
+    venv = cache / "community-venv"
+    marker = venv / ".virtops-bench"
+    if not marker.exists():
+        run([sys.executable, "-m", "venv", "--clear", str(venv)])
+        run([str(venv / "bin" / "pip"), "install", "-q", "ansible>=11,<12", "libvirt-python", "lxml"])
+        marker.write_text("ansible>=11,<12\n", encoding="utf-8")
+    return venv
+
+
+def version_of(python, package):
+    out = run([python, "-c", "import importlib.metadata as m; print(m.version(%r))" % package], check=False)
+    return out.stdout.strip() if out.returncode == 0 else "?"
+
+
+def playbook(bin_dir, name, varsfile, env, log=None):
+    env = dict(env)
+    if log:
+        env.update(LIBVIRT_LOG_FILTERS="1:rpc.netclient", LIBVIRT_LOG_OUTPUTS="1:file:%s" % log)
+    cmd = [
+        str(bin_dir / "ansible-playbook"),
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-e",
+        "ansible_python_interpreter=%s" % (bin_dir / "python"),
+        "-e",
+        "@%s" % varsfile,
+        str(HERE / "playbooks" / name),
+    ]
+    start = time.monotonic()
+    out = run(cmd, env=env, check=False)
+    seconds = time.monotonic() - start
+    if out.returncode != 0:
+        raise SystemExit("bench: %s failed:\n%s" % (name, out.stdout[-3000:]))
+    changed = len(re.findall(r"^changed: \[localhost\]", out.stdout, re.M))
+    return seconds, changed
+
+
+def rpc_calls(log):
+    try:
+        return sum(1 for line in pathlib.Path(log).read_text(encoding="utf-8", errors="replace").splitlines() if "RPC_CLIENT_MSG_TX_QUEUE" in line)
+    except FileNotFoundError:
+        return None
+
+
+def cleanup(count):
+    for number in range(count):
+        name = "%s%02d" % (PREFIX, number)
+        run(["virsh", "-c", URI, "undefine", name], check=False)
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--guests", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", default=str(TOP / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    cache = pathlib.Path(os.environ.get("VIRTOPS_TEST_CACHE", "/var/cache/virtops-kvm-tests")) / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    ours = pathlib.Path(sys.executable).parent
+    theirs = community_venv(cache) / "bin"
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="false")
+    env_ours = dict(env, ANSIBLE_COLLECTIONS_PATH=os.environ["VIRTOPS_BUILD"])
+    # the community venv must see only the ansible package's collections, not virtops.kvm's build
+    env_theirs = {k: v for k, v in env.items() if k not in ("ANSIBLE_COLLECTIONS_PATH", "VIRTUAL_ENV")}
+    env_theirs["PATH"] = "%s:%s" % (theirs, env["PATH"])
+    guests = [{"name": "%s%02d" % (PREFIX, n), "xml": GUEST.format(name="%s%02d" % (PREFIX, n))} for n in range(args.guests)]
+    scenarios = [
+        ("virtops.kvm domain, one task (domains batch)", ours, "virtops_batch.yml", env_ours),
+        ("virtops.kvm domain, loop of one task per guest", ours, "virtops_loop.yml", env_ours),
+        ("community.libvirt virt command=define, loop", theirs, "community_loop.yml", env_theirs),
+        ("ansible.builtin.ping, loop (per-task floor)", ours, "ping_loop.yml", env_ours),
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="virtops-bench-") as tmp:
+        varsfile = pathlib.Path(tmp) / "guests.json"
+        varsfile.write_text(json.dumps({"bench_guests": guests}), encoding="utf-8")
+        try:
+            cleanup(args.guests)
+            for label, bin_dir, book, scenario_env in scenarios:
+                playbook(bin_dir, book, varsfile, scenario_env)  # converge first: the timed runs should change nothing
+                times, changed = [], []
+                for _ in range(args.runs):
+                    seconds, count = playbook(bin_dir, book, varsfile, scenario_env)
+                    times.append(seconds)
+                    changed.append(count)
+                log = pathlib.Path(tmp) / ("%s.log" % book)
+                playbook(bin_dir, book, varsfile, scenario_env, log=log)
+                calls = rpc_calls(log) if book != "ping_loop.yml" else 0
+                rows.append((label, min(times), statistics.median(times), max(times), changed, calls))
+                print("bench: %s: median %.2f s, changed %s, %s libvirt calls" % (label, statistics.median(times), changed, calls))
+        finally:
+            cleanup(args.guests)
+    write(args, rows, ours, theirs)
+    return 0
+
+
+def write(args, rows, ours, theirs):
+    floor = next(r for r in rows if r[0].startswith("ansible.builtin.ping"))[2]
+    community = next(r for r in rows if r[0].startswith("community.libvirt"))[2]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (benchmarks/run.py); never part of `make test`, and nothing asserts on time.",
+        "",
+        "## Machine",
+        "",
+        "- %s, %s, %d CPUs, Python %s" % (platform.node(), platform.platform(), os.cpu_count() or 0, platform.python_version()),
+        "- %s" % run(["virsh", "-c", URI, "version"], check=False).stdout.strip().replace("\n", "; "),
+        "- ansible-core %s (virtops.kvm); ansible %s with ansible-core %s and community.libvirt from it (the comparison)"
+        % (version_of(str(ours / "python"), "ansible-core"), version_of(str(theirs / "python"), "ansible"), version_of(str(theirs / "python"), "ansible-core")),
+        "- guests run under TCG on these machines (nested KVM does not work); P1 defines guests and never starts them",
+        "",
+        "## P1: no-op converge of %d defined guests" % args.guests,
+        "",
+        "Each playbook first converges once; then %d timed runs, each expected to change nothing. Wall time" % args.runs,
+        "of `ansible-playbook` (min / median / max), the changed results each run reported, and the libvirt",
+        "RPC calls of one more no-op run (libvirt client log, `RPC_CLIENT_MSG_TX_QUEUE` lines).",
+        "",
+        "| playbook | min s | median s | max s | changed results per run | libvirt calls | median vs community.libvirt |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, low, mid, high, changed, calls in rows:
+        lines.append("| %s | %.2f | %.2f | %.2f | %s | %s | %.2fx |" % (label, low, mid, high, ", ".join(map(str, changed)), calls, mid / community))
+    lines += [
+        "",
+        "The per-task floor (ping over %d items) is %.2f s here: a loop's cost below that is Ansible's, not the module's." % (args.guests, floor),
+        "",
+        "Not measured yet: P2 (provisioning 1, 4, 8 guests from 1 and 4 GiB images: needs the kvm_guest role), P3 (microvm against",
+        "q35 + SeaBIOS boot time: needs the microvm module).",
+    ]
+    pathlib.Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("bench: wrote %s" % args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
