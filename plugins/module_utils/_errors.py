@@ -1,5 +1,6 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to the virtops.kvm collection: not a public API, may change without notice.
 """The collection's one exception hierarchy.
 
 Logic in module_utils raises these; the one boundary, :func:`._runner.run_module`, turns them into
