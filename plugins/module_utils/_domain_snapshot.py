@@ -166,8 +166,9 @@ def _predict(before, action, params, guest_state):
     name = params["name"]
     current = next((item["name"] for item in before if item["current"]), None)
     if action == "created":
+        disk_only = params.get("kind") == "external" and not params.get("memory_file")
         entry = dict(
-            name=name, parent=current, creation_time=None, state=guest_state if params.get("kind") != "external" or params.get("memory_file") else "disk-snapshot",
+            name=name, parent=current, creation_time=None, state="disk-snapshot" if disk_only else guest_state,
             kind=params.get("kind") or "internal", description=params.get("description"), current=True,
         )  # fmt: skip
         return [dict(item, current=False) for item in before] + [entry]
@@ -198,7 +199,8 @@ def _plan(before, params, dom, guest_state):
     if state == "absent":
         return "deleted" if existing else "none"
     if existing is None:
-        raise ValidationError("guest %s has no snapshot %r to revert to (its snapshots: %s)" % (dom.name(), name, ", ".join(i["name"] for i in before) or "none"))
+        known = ", ".join(item["name"] for item in before) or "none"
+        raise ValidationError("guest %s has no snapshot %r to revert to (its snapshots: %s)" % (dom.name(), name, known))
     if existing["kind"] == "external" and not params.get("force"):
         raise ValidationError("reverting to external snapshot %r is refused without force=true (libvirt discards the overlays written since)" % name)
     _flags, expected = revert_flags(params, existing["state"])
@@ -222,7 +224,7 @@ def ensure_domain_snapshot(backends, params, check_mode):
     predicted = _predict(before, action, params, guest_state)
     changed = action != "none"
     if changed and not check_mode:
-        _apply(client, dom, action, params, xml, flags, before)
+        _apply(client, dom, action, params, create=(xml, flags), before=before)
         after = list_snapshots(dom)
     else:
         after = predicted
@@ -235,8 +237,9 @@ def ensure_domain_snapshot(backends, params, check_mode):
     )
 
 
-def _apply(client, dom, action, params, xml, flags, before):
+def _apply(client, dom, action, params, *, create, before):
     name = params["name"]
+    xml, flags = create
     if action == "created":
         client.call("cannot create snapshot %s of guest %s" % (name, dom.name()), dom.snapshotCreateXML, xml, flags)
         return
@@ -253,9 +256,7 @@ def _apply(client, dom, action, params, xml, flags, before):
 def _diff_text(listed):
     lines = []
     for item in listed:
-        lines.append(
-            "%s%s parent=%s kind=%s state=%s" % ("* " if item["current"] else "  ", item["name"], item["parent"] or "-", item["kind"], item["state"])
-        )
+        lines.append("%s%s parent=%s kind=%s state=%s" % ("* " if item["current"] else "  ", item["name"], item["parent"] or "-", item["kind"], item["state"]))
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import state_of
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import VirtopsError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
     VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT,
     VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,

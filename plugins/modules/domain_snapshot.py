@@ -179,6 +179,12 @@ from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIR
 from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import require_lxml
 
+DISK_OPTIONS = dict(
+    name=dict(type="str", required=True),
+    snapshot=dict(type="str", choices=["internal", "external", "no"]),
+    file=dict(type="path"),
+)
+
 
 def main():
     argument_spec = dict(
@@ -188,10 +194,7 @@ def main():
         description=dict(type="str"),
         kind=dict(type="str", default="internal", choices=["internal", "external"]),
         memory_file=dict(type="path"),
-        disks=dict(
-            type="list", elements="dict", default=[],
-            options=dict(name=dict(type="str", required=True), snapshot=dict(type="str", choices=["internal", "external", "no"]), file=dict(type="path")),
-        ),  # fmt: skip
+        disks=dict(type="list", elements="dict", default=[], options=DISK_OPTIONS),
         quiesce=dict(type="bool", default=False),
         state_after=dict(type="str", choices=["running", "paused"]),
         force=dict(type="bool", default=False),

@@ -101,3 +101,13 @@ def test_external_with_memory_on_shut_off_guest(test_conn):
         assert names(test_conn) == []
     finally:  # test:///default may be shared with other tests of this process
         dom.create()
+
+
+def test_domain_info_lists_snapshots_read_only(test_conn):
+    from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import gather_domains
+
+    run(test_conn, name="s1", description="d")
+    (guest,) = gather_domains(test_conn, name="test", include_snapshots=True)
+    assert [(i["name"], i["description"], i["current"], i["kind"]) for i in guest["snapshots"]] == [("s1", "d", True, "internal")]
+    (plain,) = gather_domains(test_conn, name="test")
+    assert "snapshots" not in plain
