@@ -10,6 +10,7 @@ addresses, which libvirt allows on no read-only connection).
 
 from __future__ import annotations
 
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_snapshot import list_snapshots
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import mask_in_place, state_of
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
@@ -160,7 +161,7 @@ def describe_guest(client, dom, ip_sources=(), include_xml=False):
     return guest
 
 
-def gather_domains(client, name=None, states=None, ip_sources=(), include_xml=False):
+def gather_domains(client, name=None, states=None, ip_sources=(), include_xml=False, *, include_snapshots=False):
     """Facts about guest ``name`` (an unknown name is an error) or every guest, filtered by ``states``."""
     if name:
         dom = client.lookup_domain(name)
@@ -174,7 +175,10 @@ def gather_domains(client, name=None, states=None, ip_sources=(), include_xml=Fa
     for dom in sorted(doms, key=lambda d: d.name()):
         if states and state_of(dom)[0] not in states:
             continue
-        guests.append(describe_guest(client, dom, ip_sources, include_xml))
+        guest = describe_guest(client, dom, ip_sources, include_xml)
+        if include_snapshots:
+            guest["snapshots"] = list_snapshots(dom)
+        guests.append(guest)
     return guests
 
 
@@ -186,5 +190,8 @@ def needs_read_write(params):
 def ensure_domain_info(backends, params, check_mode):
     """The ``domain_info`` module: facts, never a change (``check_mode`` changes nothing either)."""
     del check_mode  # nothing to skip: this module only reads
-    guests = gather_domains(backends.libvirt, params.get("name"), params.get("state"), params.get("ip_sources") or [], params.get("include_xml"))
+    guests = gather_domains(
+        backends.libvirt, params.get("name"), params.get("state"), params.get("ip_sources") or [], params.get("include_xml"),
+        include_snapshots=params.get("include_snapshots"),
+    )  # fmt: skip
     return dict(changed=False, domains=guests, warnings=[])

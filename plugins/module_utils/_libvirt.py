@@ -58,6 +58,16 @@ VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA = 2
 VIR_DOMAIN_UNDEFINE_NVRAM = 4
 VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA = 16
 VIR_DOMAIN_UNDEFINE_TPM = 32
+VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY = 16
+VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE = 64
+VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC = 128
+VIR_DOMAIN_SNAPSHOT_CREATE_LIVE = 256
+VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING = 1
+VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED = 2
+VIR_DOMAIN_SNAPSHOT_REVERT_FORCE = 4
+VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN = 1
+VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT = 0
+VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP = 1
 
 VIR_ERR_INTERNAL_ERROR = 1
 VIR_ERR_NO_SUPPORT = 3
@@ -207,6 +217,14 @@ class LibvirtClient:
         """Run ``func(*args)``; a libvirt error becomes :class:`LibvirtError` prefixed by ``action``."""
         with translated(action):
             return func(*args)
+
+
+def qemu_monitor_command(dom, command, flags):
+    """``libvirt_qemu.qemuMonitorCommand`` (part of libvirt-python; imported only by the one module that needs it)."""
+    import libvirt_qemu  # noqa: PLC0415  # pylint: disable=import-outside-toplevel
+
+    with translated("QEMU monitor command on guest %s failed" % dom.name()):
+        return libvirt_qemu.qemuMonitorCommand(dom, command, flags)
 
 
 def open_client(uri, read_only=False):

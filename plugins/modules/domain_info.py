@@ -37,6 +37,10 @@ options:
     description: Also return each guest's XML (secret values masked).
     type: bool
     default: false
+  include_snapshots:
+    description: Also return each guest's snapshots in RV(domains[].snapshots), as M(virtops.kvm.domain_snapshot) returns them.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - virtops.kvm._libvirt
   - virtops.kvm._attributes.INFO_MODULE
@@ -143,6 +147,12 @@ domains:
       description: The guest's XML (live when running).
       returned: when O(include_xml=true)
       type: str
+    snapshots:
+      description: The guest's snapshots, oldest first, with C(name), C(parent), C(creation_time), C(state), C(kind), C(description) and C(current).
+      returned: when O(include_snapshots=true)
+      type: list
+      elements: dict
+      sample: [{name: before-upgrade, parent: null, creation_time: 1796307244, state: running, kind: internal, description: null, current: true}]
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -160,6 +170,7 @@ def main():
         state=dict(type="list", elements="str", choices=STATE_CHOICES),
         ip_sources=dict(type="list", elements="str", choices=["lease", "agent", "arp"], default=[]),
         include_xml=dict(type="bool", default=False),
+        include_snapshots=dict(type="bool", default=False),
     )
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
