@@ -135,7 +135,7 @@ def main(argv):
             for label, bin_dir, book, scenario_env in scenarios:
                 playbook(bin_dir, book, varsfile, scenario_env)  # converge first: the timed runs should change nothing
                 times, changed = [], []
-                for _ in range(args.runs):
+                for _run in range(args.runs):
                     seconds, count = playbook(bin_dir, book, varsfile, scenario_env)
                     times.append(seconds)
                     changed.append(count)
