@@ -75,6 +75,10 @@ if [ "${1:-}" = --inside ]; then
   mount -t tmpfs -o mode=0755,nosuid,nodev,size=256m run "$root/run"
   mkdir -p "$root/run/lock"
   chmod 1777 "$root/run/lock"
+  # Only the root's mounts stay in this namespace: libvirt's per-guest /dev (qemu.conf namespaces)
+  # otherwise reaches the host's devtmpfs through the mount table and chgrps the host's own /dev/kvm
+  # to the root's kvm gid. The root's tmpfs /dev is a mount of its own and is not touched.
+  umount -l /dev
   keep_going=--keep-going
   [ "${VIRTOPS_FRESH_KEEP_GOING:-1}" = 1 ] || keep_going=
   exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb MAKEFLAGS="$keep_going" \
