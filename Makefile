@@ -53,6 +53,8 @@ units: collection
 
 guest: deps
 	$(HARNESS)/build-guest.sh
+	# the Debian cloud image the kvm_guest role's tests and the demo boot (cached on the script's hash)
+	tests/images/build-cloud-image.sh
 
 ## integration: real libvirtd (started here if needed, stopped afterwards) and real TCG guests
 integration: collection guest

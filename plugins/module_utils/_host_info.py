@@ -282,6 +282,8 @@ def gather_libvirt(client):
     except Exception:  # pylint: disable=broad-exception-caught
         hv_version = None
     host_arch = caps.findtext("host/cpu/arch")
+    networks = getattr(conn, "listAllNetworks", None)
+    pools = getattr(conn, "listAllStoragePools", None)
     return {
         "uri": client.uri,
         "libvirt_version": _version(conn.getLibVersion()),
@@ -293,7 +295,36 @@ def gather_libvirt(client):
         "domain_types": sorted(guests.get(host_arch, {}).get("domain_types", [])),
         "guests": guests,
         "hpb_machine_types": sorted(m for m in machines if m.endswith("-hpb")),
+        "networks": _networks(client, networks) if networks else [],
+        "pools": _pools(client, pools) if pools else [],
     }
+
+
+def _networks(client, list_all):
+    """Every libvirt network: name, active, autostart and the bridge it puts guests on."""
+    found = []
+    for net in client.call("cannot list networks", list_all):
+        bridge = None
+        if net.isActive():
+            bridge = parse_xml(client.call("cannot read network %s" % net.name(), net.XMLDesc), what="network").find("bridge")
+        found.append(
+            {
+                "name": net.name(),
+                "active": bool(net.isActive()),
+                "autostart": bool(net.autostart()),
+                "bridge": bridge.get("name") if bridge is not None else None,
+            }
+        )
+    return sorted(found, key=lambda net: net["name"])
+
+
+def _pools(client, list_all):
+    """Every storage pool: name, active, autostart."""
+    found = [
+        {"name": pool.name(), "active": bool(pool.isActive()), "autostart": bool(pool.autostart())}
+        for pool in client.call("cannot list storage pools", list_all)
+    ]
+    return sorted(found, key=lambda pool: pool["name"])
 
 
 # -- the runner --------------------------------------------------------------------------------

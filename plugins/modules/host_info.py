@@ -124,11 +124,15 @@ host:
         - libvirt and hypervisor versions, the domain types (V(kvm), V(qemu)) for the host architecture, machine
           types per architecture with their aliases (V(q35) to V(pc-q35-7.2)), C(-hpb) machine types where
           QEMU offers them, and the host CPU C(maxphysaddr).
+        - C(networks) lists every libvirt network (C(name), C(active), C(autostart), C(bridge) of an active one) and
+          C(pools) every storage pool (C(name), C(active), C(autostart)), so a play can check what guests will use.
         - V(null) when libvirt could not be reached (see RV(host.libvirt_error)).
       returned: when gathered
       type: dict
       sample: {uri: "qemu:///system", libvirt_version: 9.0.0, hypervisor: QEMU, hypervisor_version: 7.2.0, host_arch: x86_64,
-               domain_types: [kvm, qemu], host_maxphysaddr: {mode: emulate, bits: 46}, hpb_machine_types: []}
+               domain_types: [kvm, qemu], host_maxphysaddr: {mode: emulate, bits: 46}, hpb_machine_types: [],
+               networks: [{name: default, active: true, autostart: true, bridge: virbr0}],
+               pools: [{name: default, active: true, autostart: true}]}
     libvirt_error:
       description: Why libvirt facts are null.
       returned: when libvirt facts were gathered implicitly and libvirt could not be reached

@@ -56,7 +56,7 @@ root="$work/root"
 
 packages=systemd-sysv,udev,linux-image-cloud-amd64,initramfs-tools,cloud-init,python3-cffi-backend
 packages=$packages,openssh-server,qemu-guest-agent,sudo,ifupdown,isc-dhcp-client,iproute2
-packages=$packages,cloud-guest-utils,e2fsprogs,fdisk,netbase,ca-certificates
+packages=$packages,cloud-guest-utils,e2fsprogs,fdisk,netbase,ca-certificates,locales
 log "debootstrap bookworm ($packages)"
 debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; log "debootstrap failed"; exit 1; }
@@ -78,6 +78,8 @@ mkdir -p "$root/etc/network/interfaces.d"
 # only the NoCloud seed exists here: no probing of cloud metadata services
 cat > "$root/etc/cloud/cloud.cfg.d/90_virtops.cfg" <<'EOF'
 datasource_list: [NoCloud, None]
+# the guest's own name resolves (sudo looks it up); cloud-init's locale module needs the locales package
+manage_etc_hosts: true
 EOF
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/log/*.log "$root/tmp"/*

@@ -203,6 +203,9 @@ def test_libvirt_from_test_driver(test_conn):
     assert facts["libvirt_version"].count(".") == 2
     assert facts["hypervisor"] == "TEST"
     assert facts["host_arch"] in facts["guests"] or facts["guests"] == {}
+    # test:///default has one active network on virbr0 and one active pool
+    assert facts["networks"] == [{"name": "default", "active": True, "autostart": False, "bridge": "virbr0"}]
+    assert [pool["name"] for pool in facts["pools"] if pool["active"]] == ["default-pool"]
 
 
 def _unreachable():
