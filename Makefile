@@ -75,12 +75,11 @@ integration: collection guest
 	VIRTOPS_COLLECTION=$(COLL) VIRTOPS_TIMING_FILE=$(CURDIR)/tests/output/integration-timing.tsv \
 	  $(HARNESS)/pytest.sh pytest -p no:cacheprovider -rs -v tests/harness/test_integration.py
 
-## demo: provision this machine as a KVM host and boot a guest on it
+## demo: provision this machine as a KVM host, boot a Debian guest on it and run a command in it over ssh
 demo: collection guest
 	$(HARNESS)/libvirtd.sh start
-	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) ansible-playbook -i localhost, -c local \
-	  -e ansible_python_interpreter=$(VENV)/bin/python \
-	  -e virtops_guest_dir=$(VIRTOPS_TEST_CACHE)/guest \
+	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) ansible-playbook -i localhost, \
+	  -e virtops_image_dir=$(VIRTOPS_TEST_CACHE)/cloud-image \
 	  playbooks/demo.yml
 
 ## build: the collection tarball

@@ -78,8 +78,10 @@ mkdir -p "$root/etc/network/interfaces.d"
 # only the NoCloud seed exists here: no probing of cloud metadata services
 cat > "$root/etc/cloud/cloud.cfg.d/90_virtops.cfg" <<'EOF'
 datasource_list: [NoCloud, None]
-# the guest's own name resolves (sudo looks it up); cloud-init's locale module needs the locales package
+# the guest's own name resolves (sudo looks it up); C.UTF-8 is the locale every Debian has (cloud-init's
+# default en_US.UTF-8 is not generated in a minbase image and its locale module then fails)
 manage_etc_hosts: true
+locale: C.UTF-8
 EOF
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/log/*.log "$root/tmp"/*
