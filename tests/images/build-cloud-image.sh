@@ -3,7 +3,8 @@
 #
 # The image boots with SeaBIOS from an MBR disk (extlinux), runs cloud-init (NoCloud datasource:
 # the seed ISO virtops.kvm.cloud_init_seed builds), openssh-server and qemu-guest-agent, takes its
-# address by DHCP on every NIC and grows its root file system to the disk it is given.
+# address by DHCP on every NIC (systemd-networkd; cloud-init's network-config is not used) and grows
+# its root file system to the disk it is given.
 #
 # Output (cached, keyed on this script's hash; a second call with the same script is a no-op):
 #   $VIRTOPS_TEST_CACHE/cloud-image/debian-12.qcow2
@@ -55,7 +56,7 @@ trap cleanup EXIT
 root="$work/root"
 
 packages=systemd-sysv,udev,linux-image-cloud-amd64,initramfs-tools,cloud-init,python3-cffi-backend
-packages=$packages,openssh-server,qemu-guest-agent,sudo,ifupdown,isc-dhcp-client,iproute2
+packages=$packages,openssh-server,qemu-guest-agent,sudo,iproute2
 packages=$packages,cloud-guest-utils,e2fsprogs,fdisk,netbase,ca-certificates,locales
 log "debootstrap bookworm ($packages)"
 debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
@@ -68,16 +69,24 @@ echo localhost > "$root/etc/hostname"
 cat > "$root/etc/fstab" <<'EOF'
 /dev/vda1 / ext4 defaults,errors=remount-ro 0 1
 EOF
-# every NIC by DHCP until cloud-init writes its own network configuration
-cat > "$root/etc/network/interfaces" <<'EOF'
-auto lo
-iface lo inet loopback
-source /etc/network/interfaces.d/*
+# every NIC by DHCP (systemd-networkd), whatever its name and however many the guest has: cloud-init's
+# own fallback configures only the first NIC, and a guest on a libvirt network plus a user-mode port
+# forward needs both. cloud-init's network configuration is therefore off in this image.
+mkdir -p "$root/etc/systemd/network"
+cat > "$root/etc/systemd/network/80-virtops-dhcp.network" <<'EOF'
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
 EOF
-mkdir -p "$root/etc/network/interfaces.d"
+chroot "$root" systemctl enable systemd-networkd.service >/dev/null 2>&1
+# boot does not wait for every NIC to be online (a NIC without a DHCP server would hold it for 2 min)
+chroot "$root" systemctl mask systemd-networkd-wait-online.service >/dev/null 2>&1
 # only the NoCloud seed exists here: no probing of cloud metadata services
 cat > "$root/etc/cloud/cloud.cfg.d/90_virtops.cfg" <<'EOF'
 datasource_list: [NoCloud, None]
+network: {config: disabled}
 # the guest's own name resolves (sudo looks it up); C.UTF-8 is the locale every Debian has (cloud-init's
 # default en_US.UTF-8 is not generated in a minbase image and its locale module then fails)
 manage_etc_hosts: true
