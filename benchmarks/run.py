@@ -8,6 +8,8 @@ P1 (issue 13/17): a no-op converge of N defined guests (default 30) on this mach
     - community.libvirt's ``virt command=define`` loop (from the ``ansible`` package, installed in a
       virtualenv of its own under $VIRTOPS_TEST_CACHE/bench),
     - the per-task floor: ``ansible.builtin.ping`` over as many items,
+    - the kvm_guest role over as many guests, each with a qcow2 overlay on one base image and a
+      cloud-init seed (defined, not started), in a pool of the benchmark's own,
   each timed R times (min / median / max of the wall time of ansible-playbook), with the number of
   changed results each reports on a run that should change nothing, and the libvirt RPC calls one
   no-op converge makes (counted from libvirt's client log).
@@ -34,6 +36,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 TOP = HERE.parent
 URI = "qemu:///system"
 PREFIX = "virtops-bench-"
+POOL = "virtops-bench-pool"
 GUEST = """<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>64</memory>
@@ -100,8 +103,29 @@ def rpc_calls(log):
 
 def cleanup(count):
     for number in range(count):
-        name = "%s%02d" % (PREFIX, number)
-        run(["virsh", "-c", URI, "undefine", name], check=False)
+        for name in ("%s%02d" % (PREFIX, number), "%srole-%02d" % (PREFIX, number)):
+            run(["virsh", "-c", URI, "undefine", name], check=False)
+    pool = run(["virsh", "-c", URI, "vol-list", POOL], check=False)
+    for line in pool.stdout.splitlines()[2:]:
+        if line.split():
+            run(["virsh", "-c", URI, "vol-delete", "--pool", POOL, line.split()[0]], check=False)
+    run(["virsh", "-c", URI, "pool-destroy", POOL], check=False)
+    run(["virsh", "-c", URI, "pool-undefine", POOL], check=False)
+
+
+def make_pool(cache):
+    """The role's pool and a small base image (a 64 MiB empty qcow2 stands for the cloud image)."""
+    pool_dir = cache / "pool"
+    pool_dir.mkdir(exist_ok=True)
+    image = cache / "base.qcow2"
+    if not image.exists():
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"])
+    xml = "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (POOL, pool_dir)
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as handle:
+        handle.write(xml)
+    run(["virsh", "-c", URI, "pool-create", handle.name])
+    os.unlink(handle.name)
+    return image
 
 
 def main(argv):
@@ -125,13 +149,19 @@ def main(argv):
         ("virtops.kvm domain, loop of one task per guest", ours, "virtops_loop.yml", env_ours),
         ("community.libvirt virt command=define, loop", theirs, "community_loop.yml", env_theirs),
         ("ansible.builtin.ping, loop (per-task floor)", ours, "ping_loop.yml", env_ours),
+        ("virtops.kvm kvm_guest role (overlay + seed + domain per guest)", ours, "kvm_guest_role.yml", env_ours),
     ]
     rows = []
     with tempfile.TemporaryDirectory(prefix="virtops-bench-") as tmp:
         varsfile = pathlib.Path(tmp) / "guests.json"
-        varsfile.write_text(json.dumps({"bench_guests": guests}), encoding="utf-8")
         try:
             cleanup(args.guests)
+            image = make_pool(cache)
+            role_guests = [
+                {"name": "%srole-%02d" % (PREFIX, n), "state": "present", "memory_mib": 64, "image": {"src": str(image)}, "cloud_init": {"user": "bench"}}
+                for n in range(args.guests)
+            ]
+            varsfile.write_text(json.dumps({"bench_guests": guests, "bench_pool": POOL, "bench_role_guests": role_guests}), encoding="utf-8")
             for label, bin_dir, book, scenario_env in scenarios:
                 playbook(bin_dir, book, varsfile, scenario_env)  # converge first: the timed runs should change nothing
                 times, changed = [], []
@@ -181,7 +211,10 @@ def write(args, rows, ours, theirs):
         "",
         "The per-task floor (ping over %d items) is %.2f s here: a loop's cost below that is Ansible's, not the module's." % (args.guests, floor),
         "",
-        "Not measured yet: P2 (provisioning 1, 4, 8 guests from 1 and 4 GiB images: needs the kvm_guest role), P3 (microvm against",
+        "The kvm_guest role's row is the whole role: host_info and domain_info reads, then one volume task per overlay and one",
+        "cloud_init_seed task per seed (loops: those two modules take one volume per call), and one domain call for all guests.",
+        "",
+        "Not measured yet: P2 (provisioning 1, 4, 8 guests from 1 and 4 GiB images, booted), P3 (microvm against",
         "q35 + SeaBIOS boot time: needs the microvm module).",
     ]
     pathlib.Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -56,12 +56,14 @@ trap cleanup EXIT
 root="$work/root"
 
 packages=systemd-sysv,udev,linux-image-cloud-amd64,initramfs-tools,cloud-init,python3-cffi-backend
-packages=$packages,openssh-server,qemu-guest-agent,sudo,iproute2
+packages=$packages,openssh-server,qemu-guest-agent,sudo,iproute2,dbus
 packages=$packages,cloud-guest-utils,e2fsprogs,fdisk,netbase,ca-certificates,locales
 log "debootstrap bookworm ($packages)"
 debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; log "debootstrap failed"; exit 1; }
 
+# dbus: systemd-logind needs it, and logind is what powers the guest off on an ACPI power-button press
+# (libvirt's graceful shutdown); minbase has neither
 # a generic image: no machine id, no host keys, no hostname (cloud-init sets them per guest)
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_*
