@@ -38,7 +38,7 @@ lint: collection
 	# its project cache (.ansible/) must not outlive it, or sanity would test that copy too
 	cd $(COLL)
 	trap 'rm -rf $(COLL)/.ansible' EXIT
-	ansible-lint --profile production roles playbooks docs/guides
+	ansible-lint --profile production roles playbooks docs/guides extensions
 
 sanity: collection
 	cd $(COLL)
@@ -91,7 +91,7 @@ package: collection
 	tmp=$$(mktemp -d)
 	trap 'rm -rf "$$tmp"' EXIT
 	ansible-galaxy collection build --output-path "$$tmp" $(COLL) >/dev/null
-	ansible-galaxy collection install -p "$$tmp/installed" "$$tmp"/virtops-kvm-*.tar.gz 2>&1 | grep -v "is not part of the configured" || true
+	ansible-galaxy collection install --force -p "$$tmp/installed" "$$tmp"/virtops-kvm-*.tar.gz 2>&1 | grep -v "is not part of the configured" || true
 	export ANSIBLE_COLLECTIONS_PATH="$$tmp/installed"
 	modules=$$(ansible-doc -t module -l virtops.kvm | awk '{print $$1}')
 	[ -n "$$modules" ] || { echo "package: the installed collection lists no modules" >&2; exit 1; }
