@@ -1,0 +1,213 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The kvm_guest role's templates, rendered by ansible-playbook itself (the same engine and filters a
+play uses) from host facts written here: the parts of the interface the integration target cannot
+reach on this machine (SR-IOV VFs, hugepages, hostdevs, virtiofs, UEFI) and the whole-list checks.
+
+The real-libvirtd evidence for the role is the kvm_guest_role integration target and the molecule
+scenario; these tests pin down what the templates decide.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from lxml import etree
+
+TEMPLATES = pathlib.Path(__file__).resolve().parents[3] / "roles" / "kvm_guest" / "templates"
+DEFAULTS = pathlib.Path(__file__).resolve().parents[3] / "roles" / "kvm_guest" / "defaults" / "main.yml"
+
+PLAY = """---
+- name: Render the role's templates
+  hosts: localhost
+  gather_facts: false
+  vars_files: [{defaults}, {case}]
+  tasks:
+    - name: Guests
+      ansible.builtin.set_fact:
+        __kvm_guest_guests: "{{{{ lookup('ansible.builtin.template', 'guests.json.j2') | from_json }}}}"
+
+    - name: Errors
+      ansible.builtin.set_fact:
+        __kvm_guest_errors: "{{{{ lookup('ansible.builtin.template', 'errors.json.j2') | from_json }}}}"
+
+    # as in the role: the domains are rendered only for a list without errors
+    - name: Domains and addresses
+      ansible.builtin.copy:
+        dest: {out}
+        mode: "0600"
+        content: "{{{{ {{'guests': __kvm_guest_guests, 'errors': __kvm_guest_errors,
+                        'domains': (lookup('ansible.builtin.template', 'domains.json.j2') | from_json) if not __kvm_guest_errors else [],
+                        'addresses': lookup('ansible.builtin.template', 'addresses.json.j2') | from_json}} | to_json }}}}"
+"""
+
+HOST = {
+    "libvirt": {
+        "guests": {
+            "x86_64": {
+                "machines": ["pc-i440fx-7.2", "pc-q35-7.2"],
+                "machine_aliases": {"q35": "pc-q35-7.2", "pc": "pc-i440fx-7.2"},
+                "domain_types": ["qemu"],
+            }
+        },
+        "libvirt_version": "9.0.0",
+    },
+    "hugepages": {"pools": {"2048kB": {"total": 64, "free": 40}, "1048576kB": {"total": 0, "free": 0}}},
+    "sriov": {"devices": [{"address": "0000:03:00.0", "netdevs": ["enp3s0f0"], "vfs": ["0000:03:10.0", "0000:03:10.2"]}]},
+}
+
+
+def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_info=None, **extra):
+    case = {
+        "kvm_guest_list": guests,
+        "kvm_guest_domain_type": "qemu",
+        "__kvm_guest_host": HOST,
+        "__kvm_guest_domains": list(domains),
+        "__kvm_guest_networks": list(networks) or [{"name": "default", "active": True}],
+        "__kvm_guest_pools": pools if pools is not None else [{"name": "default", "active": True}],
+        "__kvm_guest_image_stats": [{"item": "/srv/base.qcow2", "stat": {"exists": True, "isreg": True}}],
+        "__kvm_guest_user_kind": "slirp",
+    }
+    if address_info is not None:
+        case["__kvm_guest_address_info"] = address_info
+    case.update(extra)
+    (tmp_path / "case.json").write_text(json.dumps(case), encoding="utf-8")
+    out = tmp_path / "out.json"
+    play = tmp_path / "play.yml"
+    # the role's templates next to the play, where lookup('template') finds them (and the one they include)
+    (tmp_path / "templates").symlink_to(TEMPLATES)
+    play.write_text(PLAY.format(defaults=DEFAULTS, case=tmp_path / "case.json", out=out), encoding="utf-8")
+    playbook = pathlib.Path(sys.executable).parent / "ansible-playbook"
+    done = subprocess.run(
+        [str(playbook), "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, str(play)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def domain_xml(result, name):
+    entry = next(entry for entry in result["domains"] if entry["name"] == name)
+    return etree.fromstring(entry["xml"].strip().encode())
+
+
+IMAGE = {"src": "/srv/base.qcow2", "checksum": "sha256:" + "ab" * 32}
+
+# one rendering for the cases that need no special host
+BASIC = [
+    {"name": "web1", "image": IMAGE, "disk_gib": 10, "disks": [{"size_gib": 2}], "interfaces": [{"network": "default"}], "cloud_init": {"user": "ops"}},
+    {"name": "web2", "image": dict(IMAGE, src="http://127.0.0.1:8000/base.qcow2"), "interfaces": [{"user": {"port_forwards": [{"host": 2222, "guest": 22}]}}]},
+    {"name": "old", "state": "absent"},
+]
+
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory):
+    return render(tmp_path_factory.mktemp("basic"), BASIC)
+
+
+def test_one_base_volume_per_image_checksum(basic):
+    bases = {guest["image"]["volume"] for guest in basic["guests"] if guest["image"]}
+    assert bases == {"kvm-guest-base-abababababababab.qcow2"}
+    web1 = basic["guests"][0]
+    assert web1["root_volume"] == "web1.qcow2" and web1["seed_volume"] == "web1-seed.iso"
+    assert [disk["volume"] for disk in web1["disks"]] == ["web1-disk1.qcow2"]
+    assert web1["user_data"]["users"][0]["name"] == "ops" and web1["vars"] == {"ansible_user": "ops"}
+    assert basic["errors"] == []
+
+
+def test_domains_batch_keeps_order_and_removes_absent(basic):
+    assert [(entry["name"], entry["state"]) for entry in basic["domains"]] == [("web1", "running"), ("web2", "running"), ("old", "absent")]
+    assert "xml" not in basic["domains"][2]
+
+
+def test_seed_is_a_readonly_virtio_disk_and_slirp_nic_has_a_fixed_slot(basic):
+    xml = domain_xml(basic, "web1")
+    seed = xml.find("devices/disk/source[@volume='web1-seed.iso']/..")
+    assert seed.find("target").get("bus") == "virtio" and seed.find("readonly") is not None
+    args = [arg.get("value") for arg in domain_xml(basic, "web2").iter("{http://libvirt.org/schemas/domain/qemu/1.0}arg")]
+    assert args[1].startswith("user,id=virtops-user0,hostfwd=tcp:127.0.0.1:2222-:22")
+    assert ",bus=pcie.0,addr=0x18" in args[3]
+    # the inventory record the inventory plugin reads
+    record = domain_xml(basic, "web2").find("metadata/{https://virtops.dev/kvm/inventory/1}inventory")
+    assert record.find("{https://virtops.dev/kvm/inventory/1}port-forward").get("host") == "2222"
+
+
+def test_addresses_prefer_the_port_forward_and_skip_link_local(tmp_path):
+    leases = {
+        "domains": [
+            {"name": "a", "interfaces": [{"addresses": [{"address": "fe80::1", "family": "ipv6"}, {"address": "169.254.3.4", "family": "ipv4"}]}]},
+            {"name": "b", "interfaces": [{"addresses": [{"address": "fd00::5", "family": "ipv6"}, {"address": "192.168.122.9", "family": "ipv4"}]}]},
+        ]
+    }
+    guests = [
+        {"name": "a", "interfaces": [{"network": "default"}]},
+        {"name": "b", "interfaces": [{"network": "default"}]},
+        {"name": "c", "interfaces": [{"network": "default"}, {"user": {"port_forwards": [{"host": 2200, "guest": 22}]}}]},
+    ]
+    result = render(tmp_path, guests, address_info=leases)
+    assert result["addresses"]["reach"] == {"b": {"host": "192.168.122.9", "port": 22}, "c": {"host": "127.0.0.1", "port": 2200}}
+    assert result["addresses"]["missing"] == ["a"]
+
+
+def test_sriov_vf_kept_then_a_free_one_then_none_left(tmp_path):
+    held = (
+        "<domain><devices><interface type='hostdev'><source>"
+        "<address type='pci' domain='0x0000' bus='0x03' slot='0x10' function='0x2'/>"
+        "</source></interface></devices></domain>"
+    )
+    guests = [{"name": name, "interfaces": [{"sriov_pf": pf}]} for name, pf in (("g1", "enp3s0f0"), ("g2", "0000:03:00.0"), ("g3", "enp3s0f0"))]
+    result = render(tmp_path, guests, domains=[{"name": "g1", "state": "running", "xml": held}])
+    vfs = {guest["name"]: guest["interfaces"][0]["vf"] for guest in result["guests"]}
+    assert vfs["g1"] == ["0000", "03", "10", "2"]  # the VF it already holds
+    assert vfs["g2"] == ["0000", "03", "10", "0"]  # the free one
+    assert vfs["g3"] is None
+    assert result["errors"] == ["guest g3: sriov_pf 'enp3s0f0' has no free VF (create more with virtops.kvm.sriov)"]
+
+
+def test_whole_list_errors_before_anything_changes(tmp_path):
+    guests = [
+        {"name": "x", "machine": "pc-q35-99.9", "interfaces": [{"network": "nonet"}, {"user": {"port_forwards": [{"host": 2201, "guest": 22}]}}]},
+        {"name": "x", "image": {"src": "/nonexistent.qcow2", "checksum": "sha256"}},
+        {"name": "y", "memory_mib": 4096, "hugepages": {"size": "2M"}, "interfaces": [{"user": {"port_forwards": [{"host": 2201, "guest": 22}]}}]},
+        {"name": "z", "hostdevs": [{"pci": "zz"}], "cpu": {"mode": "custom"}},
+    ]
+    errors = render(tmp_path, guests, pools=[{"name": "default", "active": False}])["errors"]
+    expected = [
+        "kvm_guest_pool 'default' is not an active storage pool of this host (active pools: none)",
+        "guest x is listed more than once in kvm_guest_list",
+        "host port 2201 is forwarded by more than one guest interface",
+        "guest x: machine type 'pc-q35-99.9' is not offered by this host's QEMU (x86_64); it offers: pc, pc-i440fx-7.2, pc-q35-7.2, q35",
+        "guest x: libvirt has no network 'nonet' (networks: default)",
+        "guest x: image /nonexistent.qcow2 does not exist on the hypervisor (or is not a regular file)",
+        "guest x: image checksum must look like sha256:<hex digest>, got 'sha256'",
+        "guest z: cpu mode custom needs cpu.model",
+        'guest z: hostdev {"pci": "zz"} needs pci: DDDD:BB:SS.F or usb: VENDOR:PRODUCT',
+        "guests y need 2048 free hugepages of 2048 kB to start, the host has 40 free (of 64); allocate more with virtops.kvm.hugepages or lower memory_mib",
+    ]
+    assert errors == expected
+
+
+def test_hugepages_virtiofs_uefi_secure_and_hostdevs_render(tmp_path):
+    guests = [
+        {"name": "hp", "memory_mib": 64, "hugepages": {"size": "2M"}, "firmware": "uefi-secure", "hostdevs": [{"pci": "0000:05:00.1"}, {"usb": "046d:c52b"}]},
+        {"name": "fs", "filesystems": [{"source": "/srv/share", "target": "share", "readonly": True}], "cpu": {"mode": "host-model", "topology": {"cores": 2}}},
+    ]
+    result = render(tmp_path, guests)
+    assert result["errors"] == []
+    hp = domain_xml(result, "hp")
+    assert hp.find("memoryBacking/hugepages/page").get("size") == "2048"
+    assert hp.find("os").get("firmware") == "efi" and hp.find("os/firmware/feature[@name='secure-boot']").get("enabled") == "yes"
+    assert hp.find("features/smm").get("state") == "on"
+    assert hp.find("devices/hostdev[@type='pci']/source/address").attrib == {"domain": "0x0000", "bus": "0x05", "slot": "0x00", "function": "0x1"}
+    assert hp.find("devices/hostdev[@type='usb']/source/vendor").get("id") == "0x046d"
+    fs = domain_xml(result, "fs")
+    assert fs.find("memoryBacking/source").get("type") == "memfd" and fs.find("memoryBacking/access").get("mode") == "shared"
+    assert fs.find("devices/filesystem/driver").get("type") == "virtiofs" and fs.find("devices/filesystem/readonly") is not None
+    assert fs.find("cpu").get("mode") == "host-model" and fs.find("cpu/topology").get("cores") == "2"
