@@ -23,6 +23,7 @@ import struct
 
 from ansible.module_utils.urls import open_url
 
+from ansible_collections.virtops.kvm.plugins.module_utils._batch import run_entries
 from ansible_collections.virtops.kvm.plugins.module_utils._checksum import Hasher, hash_volume, parse_checksum
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import validate_path
@@ -490,8 +491,30 @@ def apply_volume(client, params, plan):
 
 
 def ensure_volume(backends, params, check_mode):
-    """The whole run: plan, then act unless in check mode."""
-    client = backends.libvirt
+    """The module: one volume (``pool``/``name``) or several (``volumes``) over one libvirt connection."""
+    if params.get("volumes") is not None:
+        if params.get("name"):
+            raise ValidationError("name and volumes are mutually exclusive: give one volume with name, or a list with volumes")
+        return run_entries(
+            params,
+            "volumes",
+            lambda entry: _ensure_one(backends.libvirt, entry, check_mode),
+            name_of=lambda entry: "%s/%s" % (entry.get("pool"), entry.get("name")),
+            check=_check_entry,
+        )
+    _check_entry(params)
+    return _ensure_one(backends.libvirt, params, check_mode)
+
+
+def _check_entry(params):
+    for option in ("pool", "name"):
+        if not params.get(option):
+            raise ValidationError("%s is required (the volume's storage pool and name), for each entry of volumes or for the task" % option)
+    validate_params(params)
+
+
+def _ensure_one(client, params, check_mode):
+    """One volume: plan, then act unless in check mode."""
     plan = plan_volume(client, params)
     changed = bool(plan["steps"])
     result = dict(changed=changed, actions=plan["steps"], warnings=plan["warnings"])

@@ -320,3 +320,49 @@ def test_fault_oversize_raw_upload_fails_and_leaves_nothing(system_pool, tmp_pat
         manage_volume(sys_params(upload_from=str(source), capacity="32TiB"), client)
     pool.refresh(0)
     assert pool.listVolumes() == []
+
+
+# -- volumes: several in one task -----------------------------------------------------------------
+def batch(**kw):
+    """Top-level params of a ``volumes`` task (no name), entries as given."""
+    base = params(name=None, volumes=[])
+    base.update(kw)
+    return base
+
+
+def test_batch_creates_then_changes_nothing_and_entries_inherit_the_task(test_conn):
+    p = batch(capacity="1MiB", volumes=[{"name": "virtops-test-vol"}, {"name": "virtops-test-vol-clone", "capacity": "2MiB", "format": "raw"}])
+    predicted = manage_volume(p, test_conn, check_mode=True)
+    assert [(r["name"], r["actions"]) for r in predicted["results"]] == [("default-pool/virtops-test-vol", ["create"]), ("default-pool/virtops-test-vol-clone", ["create"])]
+    assert test_conn.lookup_volume(test_conn.lookup_pool(POOL), "virtops-test-vol") is None
+    first = manage_volume(p, test_conn)
+    assert first["changed"] and len(first["diff"]) == 2
+    assert [r["volume"]["capacity"] for r in first["results"]] == [MIB, 2 * MIB]
+    assert first["results"][1]["volume"]["format"] == "raw"
+    second = manage_volume(p, test_conn)
+    assert not second["changed"] and second["diff"] == [] and [r["changed"] for r in second["results"]] == [False, False]
+
+
+def test_batch_bad_entry_fails_before_anything_is_created(test_conn):
+    p = batch(capacity="1MiB", volumes=[{"name": "virtops-test-vol"}, {"name": "bad/name"}])
+    with pytest.raises(ValidationError, match=r"volumes\[1\] \(default-pool/bad/name\): .*nothing was changed"):
+        manage_volume(p, test_conn)
+    assert test_conn.lookup_volume(test_conn.lookup_pool(POOL), "virtops-test-vol") is None
+    with pytest.raises(ValidationError, match=r"volumes\[0\] and volumes\[1\] both name default-pool/virtops-test-vol"):
+        manage_volume(batch(capacity="1MiB", volumes=[{"name": "virtops-test-vol"}, {"name": "virtops-test-vol"}]), test_conn)
+
+
+def test_batch_failure_names_the_entry_and_keeps_what_came_before(test_conn):
+    from ansible_collections.virtops.kvm.plugins.module_utils._errors import VirtopsError
+
+    p = batch(capacity="1MiB", volumes=[{"name": "virtops-test-vol"}, {"name": "virtops-test-vol-clone", "pool": "no-such-pool"}])
+    with pytest.raises(VirtopsError, match=r"volumes\[1\] \(no-such-pool/virtops-test-vol-clone\) failed: .*before it were handled") as caught:
+        manage_volume(p, test_conn)
+    assert caught.value.details["failed"] == "no-such-pool/virtops-test-vol-clone"
+    assert [r["name"] for r in caught.value.details["results"]] == ["default-pool/virtops-test-vol"]
+    assert test_conn.lookup_volume(test_conn.lookup_pool(POOL), "virtops-test-vol") is not None
+
+
+def test_single_volume_needs_pool_and_name(test_conn):
+    with pytest.raises(ValidationError, match="pool is required"):
+        manage_volume(params(pool=None, capacity="1MiB"), test_conn)
