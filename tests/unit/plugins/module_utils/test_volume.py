@@ -333,7 +333,8 @@ def batch(**kw):
 def test_batch_creates_then_changes_nothing_and_entries_inherit_the_task(test_conn):
     p = batch(capacity="1MiB", volumes=[{"name": "virtops-test-vol"}, {"name": "virtops-test-vol-clone", "capacity": "2MiB", "format": "raw"}])
     predicted = manage_volume(p, test_conn, check_mode=True)
-    assert [(r["name"], r["actions"]) for r in predicted["results"]] == [("default-pool/virtops-test-vol", ["create"]), ("default-pool/virtops-test-vol-clone", ["create"])]
+    names = ["default-pool/virtops-test-vol", "default-pool/virtops-test-vol-clone"]
+    assert [(r["name"], r["actions"]) for r in predicted["results"]] == [(names[0], ["create"]), (names[1], ["create"])]
     assert test_conn.lookup_volume(test_conn.lookup_pool(POOL), "virtops-test-vol") is None
     first = manage_volume(p, test_conn)
     assert first["changed"] and len(first["diff"]) == 2
