@@ -10,7 +10,8 @@
 #   network  own network namespace, reaching the package archives through pasta (user-mode
 #            networking, no host firewall rule); libvirt's bridges, dnsmasq, iptables rules and
 #            the lab VM's forwarded port stay inside it
-#   mount    own /run (libvirtd's sockets and pid files), /dev (a tmpfs with the device nodes a
+#   mount    the root as / (pivot_root; the host's tree is not in the namespace at all), its own
+#            /run (libvirtd's sockets and pid files), /dev (a tmpfs with the device nodes a
 #            machine has, /dev/kvm 0600 root:root as on a new machine), /proc, /sys, devpts
 #   pid      libvirtd.sh's pgrep sees only the root's daemons; when the run ends, everything it
 #            started (libvirtd, guests, the lab VM) ends with it
@@ -75,13 +76,20 @@ if [ "${1:-}" = --inside ]; then
   mount -t tmpfs -o mode=0755,nosuid,nodev,size=256m run "$root/run"
   mkdir -p "$root/run/lock"
   chmod 1777 "$root/run/lock"
-  # Only the root's mounts stay in this namespace: libvirt's per-guest /dev (qemu.conf namespaces)
-  # otherwise reaches the host's devtmpfs through the mount table and chgrps the host's own /dev/kvm
-  # to the root's kvm gid. The root's tmpfs /dev is a mount of its own and is not touched.
-  umount -l /dev
+  # The root becomes this namespace's / (pivot_root), and the host's tree is detached: a chroot is not
+  # enough. libvirt's per-guest /dev (qemu.conf namespaces) adds devices from inside the guest's mount
+  # namespace (setns), which puts a process at the namespace's real /, not at a chroot: under chroot
+  # it wrote into the host's devtmpfs (the host's /dev/kvm chgrp'd to the root's kvm gid, the host's
+  # /dev/ptmx replaced by a symlink) and the guest's own /dev lacked the device (an rng backend's
+  # /dev/urandom: "Could not open '/dev/urandom'").
+  mkdir -p "$root/.host"
+  cd "$root"
+  pivot_root . .host
+  umount -l /.host
+  rmdir /.host
   keep_going=--keep-going
   [ "${VIRTOPS_FRESH_KEEP_GOING:-1}" = 1 ] || keep_going=
-  exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb MAKEFLAGS="$keep_going" \
+  exec /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb MAKEFLAGS="$keep_going" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /bin/bash -c "cd /root/virtops-kvm && ${VIRTOPS_FRESH_COMMAND:-exec .ci/run}"
 fi
@@ -89,7 +97,7 @@ fi
 # ---- outside: prepare the root and the namespaces ----
 [ "$(id -u)" -eq 0 ] || { log "needs root (debootstrap, mounts, namespaces)"; exit 1; }
 if [ -d /run/systemd/system ]; then
-  log "note: systemd-nspawn would also do; this script uses plain namespaces + chroot so it runs where PID 1 is not systemd"
+  log "note: systemd-nspawn would also do; this script uses plain namespaces + pivot_root so it runs where PID 1 is not systemd"
 fi
 missing=()
 for tool in debootstrap:debootstrap pasta:passt unshare:util-linux ip:iproute2 git:git; do
