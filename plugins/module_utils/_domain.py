@@ -298,6 +298,15 @@ class Lifecycle:
     def destroy(self):
         self._do("destroy", self.dom.destroy)
 
+    def _destroy_unless_stopped(self):
+        # The guest may finish its ACPI shutdown between the last state read and destroy(); libvirt then
+        # refuses with "domain is not running". That is the outcome asked for, not an error.
+        try:
+            self.destroy()
+        except LibvirtError:
+            if self.state() != "shutoff":
+                raise
+
     def reboot(self):
         self._do("reboot", self.dom.reboot, 0)
 
@@ -331,7 +340,7 @@ class Lifecycle:
                 break
             self.sleep(0.25)
         if self.force:
-            self.destroy()
+            self._destroy_unless_stopped()
             return
         raise VirtopsError(
             "guest %s did not shut down within %ss of an ACPI power-button request (state: %s, reason: %s); it may ignore ACPI: "

@@ -282,8 +282,6 @@ def gather_libvirt(client):
     except Exception:  # pylint: disable=broad-exception-caught
         hv_version = None
     host_arch = caps.findtext("host/cpu/arch")
-    networks = getattr(conn, "listAllNetworks", None)
-    pools = getattr(conn, "listAllStoragePools", None)
     return {
         "uri": client.uri,
         "libvirt_version": _version(conn.getLibVersion()),
@@ -295,8 +293,8 @@ def gather_libvirt(client):
         "domain_types": sorted(guests.get(host_arch, {}).get("domain_types", [])),
         "guests": guests,
         "hpb_machine_types": sorted(m for m in machines if m.endswith("-hpb")),
-        "networks": _networks(client, networks) if networks else [],
-        "pools": _pools(client, pools) if pools else [],
+        "networks": _networks(client, conn.listAllNetworks),
+        "pools": _pools(client, conn.listAllStoragePools),
     }
 
 

@@ -59,8 +59,18 @@ packages=systemd-sysv,udev,linux-image-cloud-amd64,initramfs-tools,cloud-init,py
 packages=$packages,openssh-server,qemu-guest-agent,sudo,iproute2,dbus
 packages=$packages,cloud-guest-utils,e2fsprogs,fdisk,netbase,ca-certificates,locales
 log "debootstrap bookworm ($packages)"
-debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
-  || { tail -20 "$work/debootstrap.log" >&2; log "debootstrap failed"; exit 1; }
+# a mirror sometimes drops one download ("Couldn't download packages: sed"): try three times
+for attempt in 1 2 3; do
+  debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 && break
+  if [ "$attempt" -eq 3 ]; then
+    tail -20 "$work/debootstrap.log" >&2
+    log "debootstrap failed three times"
+    exit 1
+  fi
+  log "debootstrap attempt $attempt failed ($(grep -m1 '^E:' "$work/debootstrap.log" || echo 'see its log')); trying again"
+  rm -rf "$root"
+  sleep 10
+done
 
 # dbus: systemd-logind needs it, and logind is what powers the guest off on an ACPI power-button press
 # (libvirt's graceful shutdown); minbase has neither

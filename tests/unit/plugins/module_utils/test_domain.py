@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import libvirt
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
@@ -383,6 +384,37 @@ def test_shutdown_timeout_then_force(test_conn, force):
             life.shutdown()
         assert not dom.destroyed
     assert clock.now >= 3
+
+
+class _LateDomain(_StubbornDomain):
+    """A guest that finishes its ACPI shutdown just after the wait gave up: destroy() finds it stopped."""
+
+    def destroy(self):
+        self.destroyed = True
+        err = libvirt.libvirtError("Requested operation is not valid: domain is not running")
+        err.err = (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_QEMU, "domain is not running", 2, "", "", None, 0, 0)
+        raise err
+
+
+def test_force_after_timeout_accepts_a_guest_that_stopped_meanwhile(test_conn):
+    clock = _Clock()
+    dom = _LateDomain()
+    life = Lifecycle(test_conn, dom, shutdown_timeout=1, force=True, sleep=clock.sleep, clock=clock)
+    life.shutdown()
+    assert life.actions == ["shutdown", "destroy"] and life.state() == "shutoff"
+
+
+def test_force_after_timeout_still_fails_when_the_guest_keeps_running(test_conn):
+    class _Refusing(_StubbornDomain):
+        def destroy(self):
+            err = libvirt.libvirtError("internal error: cannot kill")
+            err.err = (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_QEMU, "cannot kill", 2, "", "", None, 0, 0)
+            raise err
+
+    clock = _Clock()
+    life = Lifecycle(test_conn, _Refusing(), shutdown_timeout=1, force=True, sleep=clock.sleep, clock=clock)
+    with pytest.raises(VirtopsError, match="cannot destroy guest virtops-test-stubborn"):
+        life.shutdown()
 
 
 # ------------------------------------------------------------------ secrets (issue 11 item 2)

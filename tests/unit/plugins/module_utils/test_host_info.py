@@ -242,6 +242,12 @@ def test_libvirt_capabilities_parsing():
         def getType(self):
             return "QEMU"
 
+        def listAllNetworks(self):
+            return []
+
+        def listAllStoragePools(self):
+            return []
+
     class Client:
         conn = Conn()
         uri = "qemu:///system"
@@ -256,6 +262,7 @@ def test_libvirt_capabilities_parsing():
     assert facts["host_maxphysaddr"] == {"mode": "emulate", "bits": 39}
     assert facts["hpb_machine_types"] == ["pc-q35-noble-hpb"]
     assert facts["guests"]["x86_64"]["machine_aliases"] == {"q35": "pc-q35-8.2"}
+    assert facts["networks"] == [] and facts["pools"] == []
 
 
 def test_virtio_nic_netdevs_are_found(fs):
