@@ -25,7 +25,7 @@ def merged_entries(params, key):
     return entries
 
 
-def run_entries(params, key, one, *, name_of, check=None):
+def run_entries(params, key, one, *, name_of, check=None, check_mode=False):
     """Run ``one(entry)`` for every merged entry of ``params[key]``; the combined result.
 
     ``name_of(entry)`` names an entry in messages and results; ``check(entry)`` validates one without
@@ -48,7 +48,7 @@ def run_entries(params, key, one, *, name_of, check=None):
         try:
             result = one(entry)
         except VirtopsError as exc:
-            raise _entry_error(key, index, name_of(entry), exc, results) from exc
+            raise _entry_error(key, index, name_of(entry), exc, results, check_mode=check_mode) from exc
         warnings.extend(result.pop("warnings", None) or [])
         result["name"] = name_of(entry)
         if result["changed"] and result.get("diff") is not None:
@@ -57,9 +57,12 @@ def run_entries(params, key, one, *, name_of, check=None):
     return dict(changed=any(result["changed"] for result in results), results=results, diff=diffs, warnings=warnings)
 
 
-def _entry_error(key, index, name, exc, results):
+def _entry_error(key, index, name, exc, results, *, check_mode):
     done = [result["name"] for result in results if result["changed"]]
-    if done:
+    if check_mode:
+        earlier = "check mode: nothing was changed"
+        done = []
+    elif done:
         earlier = "the entries before it were handled and their changes stay (%s)" % ", ".join(done)
     elif results:
         earlier = "the entries before it needed no change"

@@ -486,7 +486,9 @@ def ensure_cloud_init_seed(backends, params, check_mode):
     if pycdlib is None:
         raise HostError("cloud_init_seed needs the pycdlib Python library (pip install pycdlib) on the managed host")
     if params.get("seeds") is not None:
-        return run_entries(params, "seeds", lambda entry: _ensure_one(backends, entry, check_mode), name_of=_seed_name, check=_check_entry)
+        return run_entries(
+            params, "seeds", lambda entry: _ensure_one(backends, entry, check_mode), name_of=_seed_name, check=_check_entry, check_mode=check_mode
+        )
     _check_entry(params)
     return _ensure_one(backends, params, check_mode)
 

@@ -37,6 +37,7 @@ PLAY = """---
 
     # as in the role: the domains are rendered only for a list without errors
     - name: Domains and addresses
+      check_mode: false
       ansible.builtin.copy:
         dest: {out}
         mode: "0600"
@@ -64,7 +65,7 @@ HOST = {
 }
 
 
-def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_info=None, **extra):
+def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_info=None, check=False, **extra):
     case = {
         "kvm_guest_list": guests,
         "kvm_guest_domain_type": "qemu",
@@ -86,7 +87,7 @@ def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_inf
     play.write_text(PLAY.format(defaults=DEFAULTS, case=tmp_path / "case.json", out=out), encoding="utf-8")
     playbook = pathlib.Path(sys.executable).parent / "ansible-playbook"
     done = subprocess.run(
-        [str(playbook), "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, str(play)],
+        [str(playbook), "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, str(play)] + (["--check"] if check else []),
         capture_output=True,
         text=True,
         check=False,
@@ -183,6 +184,26 @@ def test_addresses_prefer_the_port_forward_and_skip_link_local(tmp_path):
     result = render(tmp_path, guests, address_info=leases)
     assert result["addresses"]["reach"] == {"b": {"host": "192.168.122.9", "port": 22}, "c": {"host": "127.0.0.1", "port": 2200}}
     assert result["addresses"]["missing"] == ["a"]
+
+
+def test_check_mode_reaches_only_guests_that_run_already(tmp_path):
+    # check mode starts nothing: a new guest is neither waited for nor reported missing, a running one is reached
+    running = "<domain type='qemu'><name>b</name><devices/></domain>"
+    leases = {"domains": [{"name": "b", "interfaces": [{"addresses": [{"address": "192.168.122.9", "family": "ipv4"}]}]}]}
+    guests = [
+        {"name": "a", "interfaces": [{"network": "default"}]},
+        {"name": "b", "interfaces": [{"network": "default"}]},
+        {"name": "c", "interfaces": [{"user": {"port_forwards": [{"host": 2200, "guest": 22}]}}]},
+    ]
+    domains = [{"name": "b", "state": "running", "xml": running}]
+    (tmp_path / "check").mkdir()
+    (tmp_path / "real").mkdir()
+    checked = render(tmp_path / "check", guests, domains=domains, address_info=leases, check=True)
+    assert [guest["reachable"] for guest in checked["guests"]] == [False, True, False]
+    assert checked["addresses"] == {"reach": {"b": {"host": "192.168.122.9", "port": 22}}, "missing": []}
+    real = render(tmp_path / "real", guests, domains=domains, address_info=leases)
+    assert [guest["reachable"] for guest in real["guests"]] == [True, True, True]
+    assert real["addresses"]["missing"] == ["a"]
 
 
 def test_sriov_vf_kept_then_a_free_one_then_none_left(tmp_path):
