@@ -26,6 +26,7 @@ import pwd
 import stat
 import traceback
 
+from ansible_collections.virtops.kvm.plugins.module_utils._batch import run_entries
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, ValidationError
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import validate_name, validate_path
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml
@@ -481,9 +482,34 @@ def ensure_target(target, params, check_mode=False):
 
 
 def ensure_cloud_init_seed(backends, params, check_mode):
-    """The module's entry point: the seed at ``path``, or in volume ``volume`` of pool ``pool``."""
+    """The module's entry point: the seed at ``path``, or in volume ``volume`` of pool ``pool``, or each of ``seeds``."""
     if pycdlib is None:
         raise HostError("cloud_init_seed needs the pycdlib Python library (pip install pycdlib) on the managed host")
+    if params.get("seeds") is not None:
+        return run_entries(
+            params, "seeds", lambda entry: _ensure_one(backends, entry, check_mode), name_of=_seed_name, check=_check_entry, check_mode=check_mode
+        )
+    _check_entry(params)
+    return _ensure_one(backends, params, check_mode)
+
+
+def _seed_name(params):
+    return params.get("path") or "%s/%s" % (params.get("pool"), params.get("volume"))
+
+
+def _check_entry(params):
+    """What needs no file or libvirt: where the seed goes, and content that renders."""
+    if params.get("path"):
+        if params.get("pool") or params.get("volume"):
+            raise ValidationError("give path, or pool and volume, not both")
+        validate_path(params["path"], "path")
+    elif not (params.get("pool") and params.get("volume")):
+        raise ValidationError("give path (a file) or pool and volume (a volume in a storage pool)")
+    if params["state"] == "present":
+        render_files(params)
+
+
+def _ensure_one(backends, params, check_mode):
     if params.get("path"):
         target = FileTarget(validate_path(params["path"], "path"))
     else:

@@ -23,6 +23,7 @@ import struct
 
 from ansible.module_utils.urls import open_url
 
+from ansible_collections.virtops.kvm.plugins.module_utils._batch import run_entries
 from ansible_collections.virtops.kvm.plugins.module_utils._checksum import Hasher, hash_volume, parse_checksum
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import validate_path
@@ -185,8 +186,22 @@ def validate_params(params):
     return (sources[0] if sources else None), checksum
 
 
-def _base_facts(client, pool, ref, source):
-    """(volume or None, facts) of a clone or overlay source; a plain file is read for its format and size."""
+class _Planned:
+    """Stands for a volume an earlier entry of the same task creates (check mode only: nothing exists yet)."""
+
+    def __init__(self, facts):
+        self.facts = facts
+
+
+def _base_facts(client, pool, ref, source, planned=None):
+    """(volume or None, facts) of a clone or overlay source; a plain file is read for its format and size.
+
+    ``planned`` maps (pool, name) to the facts of volumes earlier entries of a ``volumes`` task create in
+    check mode; a source among them is planned on those facts (its capacity may be unknown: None).
+    """
+    if planned and not ref.startswith("/") and (pool.name(), ref) in planned and client.lookup_volume(pool, ref) is None:
+        facts = planned[(pool.name(), ref)]
+        return _Planned(facts), facts
     base_vol = _find_source_volume(client, pool, ref, source)
     if base_vol is not None:
         return base_vol, volume_facts(client, pool, base_vol)
@@ -197,34 +212,59 @@ def _base_facts(client, pool, ref, source):
     return None, dict(path=ref, format=probe_format(head), capacity=qcow2_virtual_size(head) or os.path.getsize(ref))
 
 
-def _plan_from_base(client, pool, params, source, *, capacity, plan):
+def _plan_from_base(client, pool, params, source, *, capacity, plan, planned=None):
     ref = params[source]
-    base_vol, base = _base_facts(client, pool, ref, source)
-    if base["capacity"] < SECTOR:
+    base_vol, base = _base_facts(client, pool, ref, source, planned)
+    if base["capacity"] is None:
+        # a base an earlier entry uploads from a URL: its size is known only once it is there
+        want = capacity
+    elif base["capacity"] < SECTOR:
         raise ValidationError(
             "%s %s holds %d bytes: a disk image holds at least one %d-byte sector, so no volume is made from it" % (source, ref, base["capacity"], SECTOR)
         )
-    if capacity is not None and capacity < base["capacity"]:
+    elif capacity is not None and capacity < base["capacity"]:
         raise ValidationError(
             "capacity %s is smaller than %s %s (%s bytes); a new volume cannot start smaller than its source"
             % (params["capacity"], source, ref, base["capacity"])
         )
-    want = capacity if capacity is not None else base["capacity"]
+    else:
+        want = capacity if capacity is not None else base["capacity"]
     fmt = params.get("format")
+    # on a planned base (check mode) nothing is created, and its capacity may be unknown: no XML
+    make_xml = volume_xml if not isinstance(base_vol, _Planned) else (lambda *args, **kwargs: None)
     if source == "backing_store":
         backing = dict(path=base["path"], format=base["format"])
-        plan["xml"] = volume_xml(params["name"], want, "qcow2", backing=backing)
+        plan["xml"] = make_xml(params["name"], want, "qcow2", backing=backing)
         plan["after"] = dict(path=None, capacity=want, format="qcow2", encryption="none", backing_store=backing)
     else:
         if base_vol is None:
             raise ValidationError("clone_from %s is not a libvirt volume; clone from a volume, or use upload_from for a plain file" % ref)
-        plan["xml"] = volume_xml(params["name"], base["capacity"], fmt or base["format"])
+        plan["xml"] = make_xml(params["name"], base["capacity"], fmt or base["format"])
         plan["clone_of"] = base_vol
         plan["after"] = dict(path=None, capacity=want, format=fmt or base["format"], encryption="none", backing_store=None)
     plan["capacity"] = want
 
 
-def _plan_create(client, pool, params, source):
+def _planned_path(pool, name):
+    """Where a new volume of a directory-like pool will be (None for other pool types)."""
+    root = parse_xml(pool.XMLDesc(0), "pool")
+    target = root.findtext("target/path")
+    return os.path.join(target, name) if root.get("type") in ("dir", "fs", "netfs") and target else None
+
+
+def _upload_facts(params):
+    """Format and size a local upload_from file will give (None for a URL, which is not fetched to plan)."""
+    ref = params["upload_from"]
+    if "://" in ref:
+        return params.get("format"), wanted_capacity(params, params.get("format"))
+    with open(ref, "rb") as handle:
+        head = handle.read(64)
+    fmt = params.get("format") or probe_format(head)
+    size = qcow2_virtual_size(head) if fmt == "qcow2" else None
+    return fmt, max(wanted_capacity(params, fmt) or 0, size or os.path.getsize(ref))
+
+
+def _plan_create(client, pool, params, source, planned=None):
     """Steps and the XML for a volume that does not exist yet."""
     fmt = params.get("format")
     capacity = wanted_capacity(params, fmt or ("qcow2" if source in (None, "backing_store") else None))
@@ -236,7 +276,7 @@ def _plan_create(client, pool, params, source):
         plan["xml"] = volume_xml(params["name"], capacity, fmt or "qcow2", secret_uuid=secret_uuid)
         plan["after"] = dict(path=None, capacity=capacity, format=fmt or "qcow2", encryption=params.get("encryption") or "none", backing_store=None)
     elif source in ("clone_from", "backing_store"):
-        _plan_from_base(client, pool, params, source, capacity=capacity, plan=plan)
+        _plan_from_base(client, pool, params, source, capacity=capacity, plan=plan, planned=planned)
     else:
         ref = params["upload_from"]
         if "://" not in ref:
@@ -244,7 +284,9 @@ def _plan_create(client, pool, params, source):
                 raise ValidationError("upload_from %s does not exist (a local file on the hypervisor or an http(s)/ftp URL)" % ref)
             if os.path.getsize(ref) == 0:
                 raise ValidationError("upload_from %s is empty: there is nothing to upload" % ref)
-        plan["after"] = dict(path=None, capacity=capacity, format=fmt, encryption="none", backing_store=None)
+        up_fmt, up_capacity = _upload_facts(params)
+        plan["after"] = dict(path=None, capacity=up_capacity, format=up_fmt, encryption="none", backing_store=None)
+    plan["after"]["path"] = _planned_path(pool, params["name"])
     return plan
 
 
@@ -282,8 +324,11 @@ def _plan_existing(client, pool, params, before, plan):
         plan["after"]["capacity"] = capacity
 
 
-def plan_volume(client, params):
-    """The plan: ``pool``, ``vol``, ``steps`` (empty when nothing has to change), before/after."""
+def plan_volume(client, params, planned=None):
+    """The plan: ``pool``, ``vol``, ``steps`` (empty when nothing has to change), before/after.
+
+    ``planned``: see :func:`_base_facts` (check mode of a ``volumes`` task).
+    """
     source, checksum = validate_params(params)
     pool = _lookup_pool(client, params)
     vol = client.lookup_volume(pool, params["name"]) if pool is not None else None
@@ -295,7 +340,7 @@ def plan_volume(client, params):
             plan["after"] = {}
         return plan
     if vol is None:
-        plan.update(_plan_create(client, pool, params, source))
+        plan.update(_plan_create(client, pool, params, source, planned))
         plan["steps"] = ["create"] if source != "upload_from" else ["upload"]
         return plan
     _plan_existing(client, pool, params, before, plan)
@@ -490,9 +535,36 @@ def apply_volume(client, params, plan):
 
 
 def ensure_volume(backends, params, check_mode):
-    """The whole run: plan, then act unless in check mode."""
-    client = backends.libvirt
-    plan = plan_volume(client, params)
+    """The module: one volume (``pool``/``name``) or several (``volumes``) over one libvirt connection."""
+    if params.get("volumes") is not None:
+        if params.get("name"):
+            raise ValidationError("name and volumes are mutually exclusive: give one volume with name, or a list with volumes")
+        # check mode creates nothing, so an overlay on a base an earlier entry makes is planned on that plan
+        planned = {} if check_mode else None
+        return run_entries(
+            params,
+            "volumes",
+            lambda entry: _ensure_one(backends.libvirt, entry, check_mode, planned),
+            name_of=lambda entry: "%s/%s" % (entry.get("pool"), entry.get("name")),
+            check=_check_entry,
+            check_mode=check_mode,
+        )
+    _check_entry(params)
+    return _ensure_one(backends.libvirt, params, check_mode)
+
+
+def _check_entry(params):
+    for option in ("pool", "name"):
+        if not params.get(option):
+            raise ValidationError("%s is required (the volume's storage pool and name), for each entry of volumes or for the task" % option)
+    validate_params(params)
+
+
+def _ensure_one(client, params, check_mode, planned=None):
+    """One volume: plan, then act unless in check mode (then record the plan in ``planned``)."""
+    plan = plan_volume(client, params, planned)
+    if planned is not None and {"create", "upload"} & set(plan["steps"]):
+        planned[(plan["pool"].name(), params["name"])] = plan["after"]
     changed = bool(plan["steps"])
     result = dict(changed=changed, actions=plan["steps"], warnings=plan["warnings"])
     if changed and not check_mode:

@@ -21,7 +21,56 @@ description:
   - Rebuilds only when the content changes. A SHA-256 digest of the files is stored in the ISO's
     application identifier and read back from the file or the volume on the next run; ISO bytes
     themselves differ on every build because of timestamps.
+  - With O(seeds), several seeds in one task over one libvirt connection (the kvm_guest role builds every
+    guest's seed this way). Every entry is checked before any seed is touched; then they are handled in list
+    order, and when one fails the task fails naming it, with RV(results) of the entries before it.
 options:
+  seeds:
+    description:
+      - Several seeds, each entry with the keys of a single seed (O(path), or O(pool) and O(volume), and the
+        content). An entry's keys that are not set take the task's top-level value of that option.
+      - Mutually exclusive with O(path) and O(volume) at the top level; a top-level O(pool) is the pool of every
+        entry that names none.
+    type: list
+    elements: dict
+    suboptions:
+      path:
+        description: As O(path).
+        type: path
+      pool:
+        description: As O(pool).
+        type: str
+      volume:
+        description: As O(volume).
+        type: str
+      user_data:
+        description: As O(user_data).
+        type: raw
+      meta_data:
+        description: As O(meta_data).
+        type: raw
+      network_config:
+        description: As O(network_config).
+        type: raw
+      vendor_data:
+        description: As O(vendor_data).
+        type: raw
+      state:
+        description: As O(state).
+        type: str
+        choices: [present, absent]
+      mode:
+        description: As O(mode).
+        type: raw
+      owner:
+        description: As O(owner).
+        type: str
+      group:
+        description: As O(group).
+        type: str
+      force:
+        description: As O(force).
+        type: bool
   path:
     description:
       - Where to write the ISO, an absolute path to a file (not a directory or a symbolic link) in an existing directory.
@@ -127,32 +176,44 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+results:
+  description:
+    - With O(seeds), one entry per seed handled, in list order, each with C(name) (the path, or C(pool/volume)),
+      C(changed) and the keys a single seed returns. When an entry fails, the failed result lists the entries before it.
+  returned: with O(seeds)
+  type: list
+  elements: dict
+  sample: [{name: guests/web1-seed.iso, changed: true, digest: 3f9c2b7d0e0f4c7f, exists: true}]
+failed:
+  description: With O(seeds), the name of the entry that failed.
+  returned: on failure with O(seeds)
+  type: str
 digest:
   description: SHA-256 of the seed's files (what is compared between runs).
-  returned: when O(state=present)
+  returned: when O(state=present), without O(seeds)
   type: str
   sample: 3f9c2b7d0e0f4c7f9d8b0a1e2c3d4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e
 files:
   description: The files in the seed.
-  returned: when O(state=present)
+  returned: when O(state=present), without O(seeds)
   type: list
   elements: str
   sample: [user-data, meta-data, network-config]
 path:
   description: Path of the ISO file, or of the volume (V(null) in check mode before the volume exists).
-  returned: always
+  returned: without O(seeds)
   type: str
 pool:
   description: The pool.
-  returned: with O(pool)
+  returned: with O(pool), without O(seeds)
   type: str
 volume:
   description: The volume's name.
-  returned: with O(pool)
+  returned: with O(pool), without O(seeds)
   type: str
 exists:
   description: Whether the seed exists after the task.
-  returned: always
+  returned: without O(seeds)
   type: bool
 """
 
@@ -178,12 +239,13 @@ def main():
         group=dict(type="str"),
         force=dict(type="bool", default=False),
     )
+    entry_spec = {name: {key: value for key, value in spec.items() if key != "default"} for name, spec in argument_spec.items()}
+    argument_spec["seeds"] = dict(type="list", elements="dict", options=entry_spec)
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     module = AnsibleModule(
         argument_spec=argument_spec,
-        required_one_of=[("path", "pool")],
-        mutually_exclusive=[("path", "pool"), ("path", "volume")],
-        required_together=[("pool", "volume")],
+        required_one_of=[("path", "pool", "seeds")],
+        mutually_exclusive=[("path", "pool"), ("path", "volume"), ("seeds", "path"), ("seeds", "volume")],
         supports_check_mode=True,
     )
     run_module(module, ensure_cloud_init_seed)

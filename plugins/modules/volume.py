@@ -17,15 +17,76 @@ description:
     while they stream; then the volume is read back (C(virStorageVolDownload)) and hashed again, because
     libvirt does not report a full file system on every pool. On a mismatch, or when any step after
     creating the volume fails, the new volume is deleted again, so nothing half-made is left behind.
+  - With O(volumes), several volumes in one task over one libvirt connection (the kvm_guest role makes every
+    guest's overlay this way). Every entry is checked before any volume is touched; then they are handled in
+    list order, and when one fails the task fails naming it, with RV(results) of the entries before it.
 options:
   pool:
-    description: Name of the storage pool. It must exist and be active.
+    description:
+      - Name of the storage pool. It must exist and be active.
+      - Required for a single volume; with O(volumes), the pool of every entry that names none.
     type: str
-    required: true
   name:
-    description: Name of the volume in the pool (for a directory pool, the file name). It may not contain C(/).
+    description:
+      - Name of the volume in the pool (for a directory pool, the file name). It may not contain C(/).
+      - Required unless O(volumes) is given; mutually exclusive with it.
     type: str
-    required: true
+  volumes:
+    description:
+      - Several volumes, each entry with the keys of a single volume. An entry's keys that are not set take the
+        task's top-level value of that option (its default when the task does not set it).
+    type: list
+    elements: dict
+    suboptions:
+      pool:
+        description: As O(pool).
+        type: str
+      name:
+        description: As O(name).
+        type: str
+        required: true
+      state:
+        description: As O(state).
+        type: str
+        choices: [present, absent]
+      capacity:
+        description: As O(capacity).
+        type: str
+      allow_shrink:
+        description: As O(allow_shrink).
+        type: bool
+      format:
+        description: As O(format).
+        type: str
+        choices: [qcow2, raw]
+      clone_from:
+        description: As O(clone_from).
+        type: str
+      backing_store:
+        description: As O(backing_store).
+        type: str
+      upload_from:
+        description: As O(upload_from).
+        type: str
+      checksum:
+        description: As O(checksum).
+        type: str
+      validate_certs:
+        description: As O(validate_certs).
+        type: bool
+      timeout:
+        description: As O(timeout).
+        type: int
+      encryption:
+        description: As O(encryption).
+        type: str
+        choices: [none, luks]
+      secret:
+        description: As O(secret).
+        type: str
+      wipe:
+        description: As O(wipe).
+        type: bool
   state:
     description: Whether the volume exists.
     type: str
@@ -148,9 +209,22 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+results:
+  description:
+    - With O(volumes), one entry per volume handled, in list order, each with C(name) (C(pool/name)),
+      C(changed), C(actions), C(volume) and, for uploads, C(checksum). When an entry fails, the failed
+      result lists the entries before it.
+  returned: with O(volumes)
+  type: list
+  elements: dict
+  sample: [{name: guests/web1.qcow2, changed: true, actions: [create], volume: {name: web1.qcow2, pool: guests}}]
+failed:
+  description: With O(volumes), the C(pool/name) of the entry that failed.
+  returned: on failure with O(volumes)
+  type: str
 volume:
   description: The volume after the run (before it, in check mode); empty when absent.
-  returned: always
+  returned: without O(volumes)
   type: dict
   contains:
     name:
@@ -184,7 +258,7 @@ volume:
            allocation: 200704, format: qcow2, backing_store: {path: /srv/guests/debian-12.qcow2, format: qcow2}, encryption: none}
 actions:
   description: What was done (or would be done in check mode).
-  returned: always
+  returned: without O(volumes)
   type: list
   elements: str
   sample: [create]
@@ -204,8 +278,8 @@ from ansible_collections.virtops.kvm.plugins.module_utils._xml import require_lx
 
 def main():
     argument_spec = dict(
-        pool=dict(type="str", required=True),
-        name=dict(type="str", required=True),
+        pool=dict(type="str"),
+        name=dict(type="str"),
         state=dict(type="str", default="present", choices=["present", "absent"]),
         capacity=dict(type="str"),
         allow_shrink=dict(type="bool", default=False),
@@ -220,10 +294,14 @@ def main():
         secret=dict(type="str", no_log=False),
         wipe=dict(type="bool", default=False),
     )
+    entry_spec = {name: {key: value for key, value in spec.items() if key != "default"} for name, spec in argument_spec.items()}
+    entry_spec["name"]["required"] = True
+    argument_spec["volumes"] = dict(type="list", elements="dict", options=entry_spec)
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     module = AnsibleModule(
         argument_spec=argument_spec,
-        mutually_exclusive=[("clone_from", "backing_store", "upload_from")],
+        mutually_exclusive=[("clone_from", "backing_store", "upload_from"), ("name", "volumes")],
+        required_one_of=[("name", "volumes")],
         required_if=[("encryption", "luks", ("secret",))],
         supports_check_mode=True,
     )

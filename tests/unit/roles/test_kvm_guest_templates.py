@@ -37,12 +37,16 @@ PLAY = """---
 
     # as in the role: the domains are rendered only for a list without errors
     - name: Domains and addresses
+      check_mode: false
       ansible.builtin.copy:
         dest: {out}
         mode: "0600"
         content: "{{{{ {{'guests': __kvm_guest_guests, 'errors': __kvm_guest_errors,
                         'domains': (lookup('ansible.builtin.template', 'domains.json.j2') | from_json) if not __kvm_guest_errors else [],
-                        'addresses': lookup('ansible.builtin.template', 'addresses.json.j2') | from_json}} | to_json }}}}"
+                        'addresses': lookup('ansible.builtin.template', 'addresses.json.j2') | from_json,
+                        'volumes': lookup('ansible.builtin.template', 'volumes.json.j2') | from_json,
+                        'seeds': lookup('ansible.builtin.template', 'seeds.json.j2') | from_json,
+                        'gone': lookup('ansible.builtin.template', 'gone.json.j2') | from_json}} | to_json }}}}"
 """
 
 HOST = {
@@ -61,7 +65,7 @@ HOST = {
 }
 
 
-def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_info=None, **extra):
+def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_info=None, check=False, **extra):
     case = {
         "kvm_guest_list": guests,
         "kvm_guest_domain_type": "qemu",
@@ -83,7 +87,7 @@ def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_inf
     play.write_text(PLAY.format(defaults=DEFAULTS, case=tmp_path / "case.json", out=out), encoding="utf-8")
     playbook = pathlib.Path(sys.executable).parent / "ansible-playbook"
     done = subprocess.run(
-        [str(playbook), "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, str(play)],
+        [str(playbook), "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, str(play)] + (["--check"] if check else []),
         capture_output=True,
         text=True,
         check=False,
@@ -103,7 +107,7 @@ IMAGE = {"src": "/srv/base.qcow2", "checksum": "sha256:" + "ab" * 32}
 BASIC = [
     {"name": "web1", "image": IMAGE, "disk_gib": 10, "disks": [{"size_gib": 2}], "interfaces": [{"network": "default"}], "cloud_init": {"user": "ops"}},
     {"name": "web2", "image": dict(IMAGE, src="http://127.0.0.1:8000/base.qcow2"), "interfaces": [{"user": {"port_forwards": [{"host": 2222, "guest": 22}]}}]},
-    {"name": "old", "state": "absent"},
+    {"name": "old", "state": "absent", "image": IMAGE, "disks": [{"size_gib": 1}], "remove_disks": True},
 ]
 
 
@@ -120,6 +124,32 @@ def test_one_base_volume_per_image_checksum(basic):
     assert [disk["volume"] for disk in web1["disks"]] == ["web1-disk1.qcow2"]
     assert web1["user_data"]["users"][0]["name"] == "ops" and web1["vars"] == {"ansible_user": "ops"}
     assert basic["errors"] == []
+
+
+def test_one_volume_call_bases_first_then_overlays_then_disks(basic):
+    assert basic["volumes"] == [
+        {
+            "name": "kvm-guest-base-abababababababab.qcow2",
+            "upload_from": "/srv/base.qcow2",
+            "format": "qcow2",
+            "timeout": 60,
+            "checksum": "sha256:" + "ab" * 32,
+        },
+        {"name": "web1.qcow2", "format": "qcow2", "backing_store": "kvm-guest-base-abababababababab.qcow2", "capacity": "10GiB"},
+        {"name": "web2.qcow2", "format": "qcow2", "backing_store": "kvm-guest-base-abababababababab.qcow2"},
+        {"name": "web1-disk1.qcow2", "capacity": "2GiB", "format": "qcow2"},
+    ]
+    assert [seed["volume"] for seed in basic["seeds"]] == ["web1-seed.iso", "web2-seed.iso"]
+    assert basic["seeds"][1]["meta_data"] == {"instance-id": "web2", "local-hostname": "web2"}
+    # a removed guest leaves its overlay, its disk (remove_disks) and its seed; the base stays
+    assert basic["gone"] == {"volumes": [{"name": "old.qcow2"}, {"name": "old-disk1.qcow2"}], "seeds": [{"volume": "old-seed.iso"}]}
+
+
+def test_a_disk_the_running_guest_has_is_not_attached_again(tmp_path):
+    have = '<domain><devices><disk type=\'volume\'><source pool="default" volume="g-disk1.qcow2"/></disk></devices></domain>'
+    guests = [{"name": "g", "disks": [{"size_gib": 1}, {"size_gib": 1}]}]
+    result = render(tmp_path, guests, domains=[{"name": "g", "state": "running", "xml": have}])
+    assert [disk["attached"] for disk in result["guests"][0]["disks"]] == [True, False]
 
 
 def test_domains_batch_keeps_order_and_removes_absent(basic):
@@ -154,6 +184,26 @@ def test_addresses_prefer_the_port_forward_and_skip_link_local(tmp_path):
     result = render(tmp_path, guests, address_info=leases)
     assert result["addresses"]["reach"] == {"b": {"host": "192.168.122.9", "port": 22}, "c": {"host": "127.0.0.1", "port": 2200}}
     assert result["addresses"]["missing"] == ["a"]
+
+
+def test_check_mode_reaches_only_guests_that_run_already(tmp_path):
+    # check mode starts nothing: a new guest is neither waited for nor reported missing, a running one is reached
+    running = "<domain type='qemu'><name>b</name><devices/></domain>"
+    leases = {"domains": [{"name": "b", "interfaces": [{"addresses": [{"address": "192.168.122.9", "family": "ipv4"}]}]}]}
+    guests = [
+        {"name": "a", "interfaces": [{"network": "default"}]},
+        {"name": "b", "interfaces": [{"network": "default"}]},
+        {"name": "c", "interfaces": [{"user": {"port_forwards": [{"host": 2200, "guest": 22}]}}]},
+    ]
+    domains = [{"name": "b", "state": "running", "xml": running}]
+    (tmp_path / "check").mkdir()
+    (tmp_path / "real").mkdir()
+    checked = render(tmp_path / "check", guests, domains=domains, address_info=leases, check=True)
+    assert [guest["reachable"] for guest in checked["guests"]] == [False, True, False]
+    assert checked["addresses"] == {"reach": {"b": {"host": "192.168.122.9", "port": 22}}, "missing": []}
+    real = render(tmp_path / "real", guests, domains=domains, address_info=leases)
+    assert [guest["reachable"] for guest in real["guests"]] == [True, True, True]
+    assert real["addresses"]["missing"] == ["a"]
 
 
 def test_sriov_vf_kept_then_a_free_one_then_none_left(tmp_path):

@@ -244,3 +244,25 @@ def test_fault_upload_that_reads_back_other_bytes_fails_and_removes_the_new_volu
     with pytest.raises(HostError, match=r"reading it back gave other bytes .*the volume was removed"):
         target.write(b"seed bytes")
     assert target.removed and target.volume is None
+
+
+# -- seeds: several in one task -------------------------------------------------------------------
+def test_seeds_batch_builds_each_then_changes_nothing(tmp_path):
+    p = params(path=None, pool=None, volume=None, user_data={"hostname": "all"})
+    p["seeds"] = [{"path": str(tmp_path / "a.iso")}, {"path": str(tmp_path / "b.iso"), "user_data": {"hostname": "b"}}]
+    predicted = ci.ensure_cloud_init_seed(None, p, True)
+    assert [r["changed"] for r in predicted["results"]] == [True, True] and not (tmp_path / "a.iso").exists()
+    first = ci.ensure_cloud_init_seed(None, p, False)
+    files = {r["name"]: ci.read_iso((tmp_path / r["name"].rsplit("/", 1)[1]).read_bytes())["files"] for r in first["results"]}
+    assert files[str(tmp_path / "a.iso")]["user-data"] == b"#cloud-config\nhostname: all\n"
+    assert files[str(tmp_path / "b.iso")]["user-data"] == b"#cloud-config\nhostname: b\n"
+    again = ci.ensure_cloud_init_seed(None, p, False)
+    assert not again["changed"] and again["diff"] == []
+
+
+def test_bad_input_seeds_batch_checks_every_entry_first(tmp_path):
+    p = params(path=None, pool=None, volume=None)
+    p["seeds"] = [{"path": str(tmp_path / "a.iso")}, {"pool": "default"}]
+    with pytest.raises(ValidationError, match=r"seeds\[1\] \(default/None\): give path .* or pool and volume.*nothing was changed"):
+        ci.ensure_cloud_init_seed(None, p, False)
+    assert not (tmp_path / "a.iso").exists()
