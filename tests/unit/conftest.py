@@ -23,11 +23,26 @@ def fakehost(tmp_path):
 
 @pytest.fixture
 def test_conn():
-    """A LibvirtClient on libvirt's built-in test driver (a fresh in-memory host per open)."""
+    """A LibvirtClient on libvirt's built-in test driver, its guest "test" running as the driver starts it.
+
+    test:///default keeps one in-memory host per process for as long as any connection to it is open,
+    so a connection some object still holds carries one test's changes into the next (whether it does
+    depends on garbage collection). The baseline every test expects is restored on both sides.
+    """
     from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LibvirtClient, libvirt
 
     if libvirt is None:
         pytest.skip("libvirt-python is not installed")
     client = LibvirtClient.open("test:///default")
+    _baseline(client)
     yield client
+    _baseline(client)
     client.close()
+
+
+def _baseline(client):
+    if client.conn is None:  # a test that closed the client itself
+        return
+    dom = client.lookup_domain("test")
+    if dom is not None and not dom.isActive():
+        dom.create()
