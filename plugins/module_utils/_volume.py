@@ -245,9 +245,9 @@ def _plan_from_base(client, pool, params, source, *, capacity, plan, planned=Non
     plan["capacity"] = want
 
 
-def _planned_path(pool, name):
+def _planned_path(client, pool, name):
     """Where a new volume of a directory-like pool will be (None for other pool types)."""
-    root = parse_xml(pool.XMLDesc(0), "pool")
+    root = parse_xml(client.call("cannot read pool %s" % pool.name(), pool.XMLDesc, 0), "pool")
     target = root.findtext("target/path")
     return os.path.join(target, name) if root.get("type") in ("dir", "fs", "netfs") and target else None
 
@@ -286,7 +286,7 @@ def _plan_create(client, pool, params, source, planned=None):
                 raise ValidationError("upload_from %s is empty: there is nothing to upload" % ref)
         up_fmt, up_capacity = _upload_facts(params)
         plan["after"] = dict(path=None, capacity=up_capacity, format=up_fmt, encryption="none", backing_store=None)
-    plan["after"]["path"] = _planned_path(pool, params["name"])
+    plan["after"]["path"] = _planned_path(client, pool, params["name"])
     return plan
 
 
