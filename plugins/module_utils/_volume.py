@@ -207,9 +207,16 @@ def _base_facts(client, pool, ref, source, planned=None):
         return base_vol, volume_facts(client, pool, base_vol)
     if not os.path.isfile(ref):
         raise ValidationError("%s %s does not exist" % (source, ref))
+    return None, _file_facts(ref)
+
+
+def _file_facts(ref, fmt=None):
+    """Path, format (``fmt``, else probed) and size of a local image file: a qcow2's virtual size, else its length."""
     with open(ref, "rb") as handle:
         head = handle.read(64)
-    return None, dict(path=ref, format=probe_format(head), capacity=qcow2_virtual_size(head) or os.path.getsize(ref))
+    fmt = fmt or probe_format(head)
+    size = qcow2_virtual_size(head) if fmt == "qcow2" else None
+    return dict(path=ref, format=fmt, capacity=size or os.path.getsize(ref))
 
 
 def _plan_from_base(client, pool, params, source, *, capacity, plan, planned=None):
@@ -253,15 +260,30 @@ def _planned_path(client, pool, name):
 
 
 def _upload_facts(params):
-    """Format and size a local upload_from file will give (None for a URL, which is not fetched to plan)."""
+    """Format and capacity a local upload_from file will give (for a URL, which is not fetched to plan, what was asked)."""
     ref = params["upload_from"]
     if "://" in ref:
         return params.get("format"), wanted_capacity(params, params.get("format"))
-    with open(ref, "rb") as handle:
-        head = handle.read(64)
-    fmt = params.get("format") or probe_format(head)
-    size = qcow2_virtual_size(head) if fmt == "qcow2" else None
-    return fmt, max(wanted_capacity(params, fmt) or 0, size or os.path.getsize(ref))
+    facts = _file_facts(ref, params.get("format"))
+    return facts["format"], upload_capacity(params, facts["format"], facts["capacity"])
+
+
+def upload_capacity(params, fmt, image_size):
+    """The capacity of a volume uploaded from an image of ``image_size`` bytes (None: not known).
+
+    The plan and the upload both decide it here, so check mode predicts what the run makes: the
+    image's size, or a larger ``capacity``. A smaller one is refused, as for clone_from and
+    backing_store: the image would not fit.
+    """
+    want = wanted_capacity(params, fmt)
+    if not image_size:
+        return want
+    if want is not None and want < image_size and not _same_capacity(want, image_size):
+        raise ValidationError(
+            "capacity %s is smaller than upload_from %s (%d bytes); a volume cannot start smaller than its image"
+            % (params["capacity"], params["upload_from"], image_size)
+        )
+    return max(want or 0, image_size)
 
 
 def _plan_create(client, pool, params, source, planned=None):
@@ -386,9 +408,8 @@ def _with_note(exc, note):
     return exc
 
 
-def _upload_capacity(params, plan, head, source, fmt):
-    if plan["capacity"]:
-        return plan["capacity"]
+def _image_size(params, head, source, fmt):
+    """What the upload holds: a qcow2's virtual size, else the file's (or the download's) length."""
     if fmt == "qcow2" and qcow2_virtual_size(head):
         return qcow2_virtual_size(head)
     ref = params["upload_from"]
@@ -448,7 +469,7 @@ def _upload(client, pool, params, plan):
     try:
         head = source.read(CHUNK)
         fmt = params.get("format") or probe_format(head)
-        capacity = _upload_capacity(params, plan, head, source, fmt)
+        capacity = upload_capacity(params, fmt, _image_size(params, head, source, fmt))
         vol = client.call("cannot create volume %s in pool %s" % (name, params["pool"]), pool.createXML, volume_xml(name, capacity, fmt), 0)
         _stream_into(client, vol, name, source, head=head, hasher=hasher)
         _verify_stored(client, pool, vol, name, hasher)

@@ -322,6 +322,42 @@ def test_fault_oversize_raw_upload_fails_and_leaves_nothing(system_pool, tmp_pat
     assert pool.listVolumes() == []
 
 
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_bad_input_upload_capacity_below_the_image_is_refused_in_check_mode_and_for_real(system_pool, tmp_path, fmt):
+    client, pool, path = system_pool
+    image = tmp_path / ("image." + fmt)
+    if fmt == "raw":
+        image.write_bytes(os.urandom(64 * 1024))
+    else:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8M"], check=True)
+    p = sys_params(upload_from=str(image), capacity="4KiB")
+    messages = []
+    for check_mode in (True, False):
+        with pytest.raises(ValidationError, match=r"capacity 4KiB is smaller than upload_from .* bytes\); a volume cannot start smaller than its image") as err:
+            manage_volume(p, client, check_mode=check_mode)
+        messages.append(err.value.msg)
+        pool.refresh(0)
+        assert pool.listVolumes() == [] and os.listdir(path) == []
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("fmt, capacity, want", [("raw", None, 64 * 1024), ("raw", "1MiB", MIB), ("qcow2", None, 8 * MIB), ("qcow2", "16MiB", 16 * MIB)])
+def test_upload_capacity_is_what_check_mode_predicts(system_pool, tmp_path, fmt, capacity, want):
+    client = system_pool[0]
+    image = tmp_path / ("image." + fmt)
+    if fmt == "raw":
+        image.write_bytes(os.urandom(64 * 1024))
+    else:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8M"], check=True)
+    p = sys_params(upload_from=str(image), capacity=capacity)
+    predicted = manage_volume(p, client, check_mode=True)
+    assert "capacity: %d" % want in predicted["diff"]["after"]
+    done = manage_volume(p, client)
+    assert done["volume"]["capacity"] == want and done["volume"]["format"] == fmt
+    assert "capacity: %d" % done["volume"]["capacity"] in predicted["diff"]["after"]
+    assert manage_volume(p, client)["changed"] is False
+
+
 # -- volumes: several in one task -----------------------------------------------------------------
 def batch(**kw):
     """Top-level params of a ``volumes`` task (no name), entries as given."""
