@@ -108,11 +108,11 @@ docs: collection
 	python docs/guides/render.py --check
 	ANSIBLE_COLLECTIONS_PATH=$(VIRTOPS_BUILD) docs/docsite/build.sh $(CURDIR)/tests/output/docs
 
-## bench: the benchmarks, side by side (not part of make test); writes docs/benchmarks.md
+## bench: the benchmarks, side by side (not part of make test); writes docs/benchmarks.md (BENCH_ARGS="--only p2" for one part)
 bench: collection
 	$(HARNESS)/libvirtd.sh start
 	trap '$(HARNESS)/libvirtd.sh stop' EXIT
-	python benchmarks/run.py
+	python benchmarks/run.py $(BENCH_ARGS)
 
 ## reliability-doc: regenerate docs/reliability.md from the tests' bad-input and fault cases
 reliability-doc:

@@ -14,7 +14,15 @@ P1 (issue 13/17): a no-op converge of N defined guests (default 30) on this mach
   changed results each reports on a run that should change nothing, and the libvirt RPC calls one
   no-op converge makes (counted from libvirt's client log).
 
-Nothing here asserts anything about time; the numbers are written down, not judged. The guests are
+P2 (issue 17): provisioning guests from one base image, for base images holding 1 and 4 GiB of data:
+    the kvm_guest role takes the fleet from 0 to 1, then 4, then 8 running guests (each step adds
+    guests to the same list), then converges once more changing nothing; each step's wall time, the
+    time per added guest above that no-op run, and the disk the pool uses after each step. The base
+    is imported once (in the first step); each guest costs a qcow2 overlay and a seed, so the time
+    and disk per added guest do not grow with the image.
+
+``--only p1`` / ``--only p2`` runs one part and keeps the other parts of docs/benchmarks.md as they
+are. Nothing here asserts anything about time; the numbers are written down, not judged. The guests are
 named virtops-bench-* and undefined at the end.
 """
 
@@ -128,12 +136,138 @@ def make_pool(cache):
     return image
 
 
+P2_PREFIX = PREFIX + "p2-"
+P2_POOL = "virtops-bench-p2-pool"
+P2_SIZES_GIB = (1, 4)
+P2_STEPS = (1, 4, 8)
+
+
+def p2_image(cache, gib):
+    """A qcow2 base holding ``gib`` GiB of data (a pattern, so every cluster is allocated), cached."""
+    image = cache / ("p2-base-%dg.qcow2" % gib)
+    if not image.exists():
+        part = image.with_suffix(".part")
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(part), "%dG" % gib])
+        # qemu-io writes at most 2 GiB per request: one request per GiB
+        writes = [arg for n in range(gib) for arg in ("-c", "write -P 0x5a %dG 1G" % n)]
+        run(["qemu-io", "-f", "qcow2", *writes, str(part)])
+        part.rename(image)
+    return image
+
+
+def p2_cleanup():
+    listed = run(["virsh", "-c", URI, "list", "--all", "--name"], check=False).stdout.split()
+    for name in listed:
+        if name.startswith(P2_PREFIX):
+            run(["virsh", "-c", URI, "destroy", name], check=False)
+            run(["virsh", "-c", URI, "undefine", name], check=False)
+    pool = run(["virsh", "-c", URI, "vol-list", P2_POOL], check=False)
+    for line in pool.stdout.splitlines()[2:]:
+        if line.split():
+            run(["virsh", "-c", URI, "vol-delete", "--pool", P2_POOL, line.split()[0]], check=False)
+    run(["virsh", "-c", URI, "pool-destroy", P2_POOL], check=False)
+
+
+def disk_used(directory):
+    """Bytes the files under ``directory`` occupy on disk (allocated blocks, not apparent sizes)."""
+    return sum(entry.stat().st_blocks * 512 for entry in pathlib.Path(directory).iterdir() if entry.is_file())
+
+
+def bench_p2(args, cache, ours, env_ours, tmp):
+    """{gib: {step: [(seconds, changed, disk bytes), ...]}} over args.p2_runs repetitions."""
+    pool_dir = cache / "p2-pool"
+    results = {}
+    for gib in P2_SIZES_GIB:
+        image = p2_image(cache, gib)
+        results[gib] = {}
+        for _repetition in range(args.p2_runs):
+            p2_cleanup()
+            if pool_dir.exists():
+                for entry in pool_dir.iterdir():
+                    entry.unlink()
+            pool_dir.mkdir(exist_ok=True)
+            xml = pathlib.Path(tmp) / "p2-pool.xml"
+            xml.write_text("<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (P2_POOL, pool_dir), encoding="utf-8")
+            run(["virsh", "-c", URI, "pool-create", str(xml)])
+            try:
+                for step in (*P2_STEPS, "no-op"):
+                    count = P2_STEPS[-1] if step == "no-op" else step
+                    guests = [
+                        {"name": "%s%02d" % (P2_PREFIX, n), "memory_mib": 128, "image": {"src": str(image)}, "cloud_init": {"user": "bench"}}
+                        for n in range(count)
+                    ]
+                    varsfile = pathlib.Path(tmp) / "p2.json"
+                    varsfile.write_text(json.dumps({"bench_pool": P2_POOL, "bench_role_guests": guests}), encoding="utf-8")
+                    seconds, changed = playbook(ours, "kvm_guest_role.yml", varsfile, env_ours)
+                    results[gib].setdefault(step, []).append((seconds, changed, disk_used(pool_dir)))
+                    print("bench: P2 %d GiB image, %s: %.2f s, %d changed, pool uses %d MiB" % (gib, step, seconds, changed, disk_used(pool_dir) >> 20))
+            finally:
+                p2_cleanup()
+    return results
+
+
+def p2_section(args, results):
+    lines = [
+        "## P2: provisioning guests from one base image",
+        "",
+        "The kvm_guest role takes a fleet from 0 to 1, then 4, then 8 running guests (each step adds guests to",
+        "the same list; the guests have 128 MiB, no interface, an overlay on the base and a cloud-init seed; they",
+        "start under TCG and are not waited for), then runs once more changing nothing. The base images are",
+        "qcow2 files with every cluster written (1 and 4 GiB of data); the first step imports the base into the",
+        "pool. %d repetitions of the whole sequence per image; times are min / median / max of ansible-playbook's" % args.p2_runs,
+        'wall time; "per added guest" is (median - median of the no-op run) / guests added; disk is what the',
+        "pool's files occupy after the step (median), and per added guest beyond the base.",
+        "",
+        "| image | step | min s | median s | max s | changed (median) | per added guest s | pool disk MiB | disk per added guest MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for gib, steps in results.items():
+        noop = statistics.median(seconds for seconds, _changed, _disk in steps["no-op"])
+        before_count, before_disk = 0, None
+        for step, samples in steps.items():
+            times = [seconds for seconds, _changed, _disk in samples]
+            mid = statistics.median(times)
+            disk = statistics.median(d for _seconds, _changed, d in samples)
+            changed = statistics.median(c for _seconds, c, _disk in samples)
+            if step == "no-op":
+                per_guest = per_disk = "-"
+                label = "no-op at %d" % P2_STEPS[-1]
+            else:
+                added = step - before_count
+                per_guest = "%.2f" % ((mid - noop) / added)
+                # the first step's disk includes the imported base: per guest is counted from the second step on
+                per_disk = "%.1f" % ((disk - before_disk) / added / 2**20) if before_disk is not None else "-"
+                label = "%d -> %d guests" % (before_count, step)
+                before_count, before_disk = step, disk
+            cells = (gib, label, min(times), mid, max(times), changed, per_guest, disk / 2**20, per_disk)
+            lines.append("| %d GiB | %s | %.2f | %.2f | %.2f | %g | %s | %.0f | %s |" % cells)
+    # the last step adds guests to a fleet whose base is in place already: its cost per guest, by image size
+    last = {}
+    for gib, steps in results.items():
+        noop = statistics.median(seconds for seconds, _changed, _disk in steps["no-op"])
+        added = P2_STEPS[-1] - P2_STEPS[-2]
+        last[gib] = (statistics.median(seconds for seconds, _changed, _disk in steps[P2_STEPS[-1]]) - noop) / added
+    small, large = min(last), max(last)
+    lines += [
+        "",
+        "The first step includes the one-time import of the base. Time per added guest in the last step: %s; %d GiB against %d GiB: %.2fx."
+        % (", ".join("%.2f s (%d GiB)" % (last[gib], gib) for gib in sorted(last)), large, small, last[large] / last[small] if last[small] else float("nan")),
+    ]
+    return lines
+
+
+PARTS = ("p1", "p2")
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--guests", type=int, default=30)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--p2-runs", type=int, default=3, help="repetitions of P2's whole sequence per image size")
+    parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts (repeatable)")
     parser.add_argument("--out", default=str(TOP / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
+    parts = args.only or sorted(PARTS)
     cache = pathlib.Path(os.environ.get("VIRTOPS_TEST_CACHE", "/var/cache/virtops-kvm-tests")) / "bench"
     cache.mkdir(parents=True, exist_ok=True)
     ours = pathlib.Path(sys.executable).parent
@@ -151,51 +285,48 @@ def main(argv):
         ("ansible.builtin.ping, loop (per-task floor)", ours, "ping_loop.yml", env_ours),
         ("virtops.kvm kvm_guest role (one volume, one seed, one domain call)", ours, "kvm_guest_role.yml", env_ours),
     ]
-    rows = []
+    sections = {}
     with tempfile.TemporaryDirectory(prefix="virtops-bench-") as tmp:
-        varsfile = pathlib.Path(tmp) / "guests.json"
-        try:
-            cleanup(args.guests)
-            image = make_pool(cache)
-            role_guests = [
-                {"name": "%srole-%02d" % (PREFIX, n), "state": "present", "memory_mib": 64, "image": {"src": str(image)}, "cloud_init": {"user": "bench"}}
-                for n in range(args.guests)
-            ]
-            varsfile.write_text(json.dumps({"bench_guests": guests, "bench_pool": POOL, "bench_role_guests": role_guests}), encoding="utf-8")
-            for label, bin_dir, book, scenario_env in scenarios:
-                playbook(bin_dir, book, varsfile, scenario_env)  # converge first: the timed runs should change nothing
-                times, changed = [], []
-                for _run in range(args.runs):
-                    seconds, count = playbook(bin_dir, book, varsfile, scenario_env)
-                    times.append(seconds)
-                    changed.append(count)
-                log = pathlib.Path(tmp) / ("%s.log" % book)
-                playbook(bin_dir, book, varsfile, scenario_env, log=log)
-                calls = rpc_calls(log) if book != "ping_loop.yml" else 0
-                rows.append((label, min(times), statistics.median(times), max(times), changed, calls))
-                print("bench: %s: median %.2f s, changed %s, %s libvirt calls" % (label, statistics.median(times), changed, calls))
-        finally:
-            cleanup(args.guests)
-    write(args, rows, ours, theirs)
+        if "p1" in parts:
+            sections["P1"] = p1_section(args, bench_p1(args, cache, guests, scenarios, tmp))
+        if "p2" in parts:
+            sections["P2"] = p2_section(args, bench_p2(args, cache, ours, env_ours, tmp))
+    write(args, sections, ours, theirs)
     return 0
 
 
-def write(args, rows, ours, theirs):
+def bench_p1(args, cache, guests, scenarios, tmp):
+    rows = []
+    varsfile = pathlib.Path(tmp) / "guests.json"
+    try:
+        cleanup(args.guests)
+        image = make_pool(cache)
+        role_guests = [
+            {"name": "%srole-%02d" % (PREFIX, n), "state": "present", "memory_mib": 64, "image": {"src": str(image)}, "cloud_init": {"user": "bench"}}
+            for n in range(args.guests)
+        ]
+        varsfile.write_text(json.dumps({"bench_guests": guests, "bench_pool": POOL, "bench_role_guests": role_guests}), encoding="utf-8")
+        for label, bin_dir, book, scenario_env in scenarios:
+            playbook(bin_dir, book, varsfile, scenario_env)  # converge first: the timed runs should change nothing
+            times, changed = [], []
+            for _run in range(args.runs):
+                seconds, count = playbook(bin_dir, book, varsfile, scenario_env)
+                times.append(seconds)
+                changed.append(count)
+            log = pathlib.Path(tmp) / ("%s.log" % book)
+            playbook(bin_dir, book, varsfile, scenario_env, log=log)
+            calls = rpc_calls(log) if book != "ping_loop.yml" else 0
+            rows.append((label, min(times), statistics.median(times), max(times), changed, calls))
+            print("bench: %s: median %.2f s, changed %s, %s libvirt calls" % (label, statistics.median(times), changed, calls))
+    finally:
+        cleanup(args.guests)
+    return rows
+
+
+def p1_section(args, rows):
     floor = next(r for r in rows if r[0].startswith("ansible.builtin.ping"))[2]
     community = next(r for r in rows if r[0].startswith("community.libvirt"))[2]
     lines = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (benchmarks/run.py); never part of `make test`, and nothing asserts on time.",
-        "",
-        "## Machine",
-        "",
-        "- %s, %s, %d CPUs, Python %s" % (platform.node(), platform.platform(), os.cpu_count() or 0, platform.python_version()),
-        "- %s" % run(["virsh", "-c", URI, "version"], check=False).stdout.strip().replace("\n", "; "),
-        "- ansible-core %s (virtops.kvm); ansible %s with ansible-core %s and community.libvirt from it (the comparison)"
-        % (version_of(str(ours / "python"), "ansible-core"), version_of(str(theirs / "python"), "ansible"), version_of(str(theirs / "python"), "ansible-core")),
-        "- guests run under TCG on these machines (nested KVM does not work); P1 defines guests and never starts them",
-        "",
         "## P1: no-op converge of %d defined guests" % args.guests,
         "",
         "Each playbook first converges once; then %d timed runs, each expected to change nothing. Wall time" % args.runs,
@@ -213,10 +344,43 @@ def write(args, rows, ours, theirs):
         "",
         "The kvm_guest role's row is the whole role: host_info and domain_info reads, then one volume call for every base,",
         "overlay and disk, one cloud_init_seed call for every seed and one domain call for all guests (each module's batch option).",
-        "",
-        "Not measured yet: P2 (provisioning 1, 4, 8 guests from 1 and 4 GiB images, booted), P3 (microvm against",
-        "q35 + SeaBIOS boot time: needs the microvm module).",
     ]
+    return lines
+
+
+def kept_sections(path):
+    """The ``## P...`` sections of an existing docs/benchmarks.md, by their key (P1, P2, ...)."""
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for block in re.split(r"(?m)^(?=## )", text):
+        match = re.match(r"## (P\d+)\b", block)
+        if match:
+            found[match.group(1)] = block.rstrip("\n").splitlines()
+    return found
+
+
+def write(args, sections, ours, theirs):
+    everything = kept_sections(args.out)
+    everything.update(sections)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (benchmarks/run.py); never part of `make test`, and nothing asserts on time.",
+        "`python benchmarks/run.py --only pN` measures one part again and keeps the others as they were.",
+        "",
+        "## Machine",
+        "",
+        "- %s, %s, %d CPUs, Python %s" % (platform.node(), platform.platform(), os.cpu_count() or 0, platform.python_version()),
+        "- %s" % run(["virsh", "-c", URI, "version"], check=False).stdout.strip().replace("\n", "; "),
+        "- ansible-core %s (virtops.kvm); ansible %s with ansible-core %s and community.libvirt from it (the comparison)"
+        % (version_of(str(ours / "python"), "ansible-core"), version_of(str(theirs / "python"), "ansible"), version_of(str(theirs / "python"), "ansible-core")),
+        "- guests run under TCG on these machines (nested KVM does not work); P1 defines guests and never starts them",
+    ]
+    for key in sorted(everything, key=lambda k: int(k[1:])):
+        lines += [""] + everything[key]
     pathlib.Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("bench: wrote %s" % args.out)
 
