@@ -53,7 +53,7 @@ build_image() {
     mkdir -p "$root" "$LAB/image"
     log "debootstrap $LAB_SUITE into $root"
     debootstrap --variant=minbase \
-        --include=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,python3,python3-pyroute2,openssh-server,iproute2,netplan.io,apparmor,pciutils \
+        --include=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,python3,python3-pyroute2,openssh-server,iproute2,netplan.io,apparmor,pciutils,qemu-system-x86 \
         "$LAB_SUITE" "$root" "$LAB_MIRROR" >"$LAB/debootstrap.log" 2>&1 || { log "debootstrap failed, see $LAB/debootstrap.log"; return 1; }
 
     echo virtops-lab >"$root/etc/hostname"
