@@ -51,6 +51,7 @@ DEFAULT_CMDLINE = "console=ttyS0 reboot=t panic=-1"
 # the timer check and the clocksource watchdog are what make a TCG guest slow when the host is
 # loaded (docs/benchmarks.md, P3).
 TCG_CMDLINE = ("tsc=reliable", "no_timer_check")
+POWERDOWN_REPEAT = 15
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -551,13 +552,21 @@ def apply_actions(backends, params, actions, *, changes, result):
 
 
 def _powerdown(backends, name, unit, timeout):
-    """system_powerdown through QMP, then wait up to ``timeout`` s for the unit to go inactive."""
-    try:
-        qmp_call(backends.hostfs.path("%s/%s/qmp.sock" % (STATE_DIR, name)), "system_powerdown")
-    except HostError:
-        pass  # no answer on QMP: the wait below decides
+    """system_powerdown through QMP, then wait up to ``timeout`` s for the unit to go inactive.
+
+    The button is pressed again every POWERDOWN_REPEAT seconds: a guest still booting (its acpid not
+    yet running) misses a press, and a second press of the ACPI power button does nothing more.
+    """
+    sock = backends.hostfs.path("%s/%s/qmp.sock" % (STATE_DIR, name))
     deadline = time.monotonic() + timeout
+    pressed = None
     while True:
+        if pressed is None or time.monotonic() - pressed >= POWERDOWN_REPEAT:
+            pressed = time.monotonic()
+            try:
+                qmp_call(sock, "system_powerdown")
+            except HostError:
+                pass  # no answer on QMP (QEMU quitting, or not up yet): the unit's state decides
         if not is_running(unit_status(backends.commands, unit)):
             return True
         if time.monotonic() >= deadline:

@@ -22,7 +22,8 @@ description:
     or removed only when it differs from O(state). A change to a running guest's unit applies at its next
     start unless O(apply=restart).
   - Powering off asks the guest through QMP C(system_powerdown) (the ACPI power button of microvm's generic
-    event device, so O(machine.acpi) must stay on) and waits O(shutdown_timeout) seconds. A guest that does not
+    event device, so O(machine.acpi) must stay on), pressed again every 15 seconds (a guest still booting misses
+    a press), and waits O(shutdown_timeout) seconds. A guest that does not
     power off is stopped hard (QEMU quits on SIGTERM from systemd) only with O(force=true); otherwise the module
     fails and leaves it running.
   - Needs systemd as PID 1 (C(/run/systemd/system) present); on another host the module fails before writing
