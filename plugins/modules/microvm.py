@@ -81,7 +81,7 @@ options:
   binary:
     description:
       - QEMU binary. Default C(/usr/bin/qemu-system-x86_64-microvm) (Debian's build with only what microvm needs)
-        when the host has it and O(accel) does not name V(tcg) (that build has no TCG: C(invalid accelerator tcg)),
+        when the host has it and O(accel) does not name V(tcg) (that build has no TCG, QEMU answers C(invalid accelerator tcg)),
         else C(/usr/bin/qemu-system-x86_64).
     type: path
   firmware:
