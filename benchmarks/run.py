@@ -21,7 +21,10 @@ P2 (issue 17): provisioning guests from one base image, for base images holding 
     is imported once (in the first step); each guest costs a qcow2 overlay and a seed, so the time
     and disk per added guest do not grow with the image.
 
-``--only p1`` / ``--only p2`` runs one part and keeps the other parts of docs/benchmarks.md as they
+P3 (issue 15): boot-to-ready time of the test fixture's kernel and initramfs under TCG, q35 + SeaBIOS
+    against microvm (naive, and the microvm module's profile), median of R runs each (p3_boot.py).
+
+``--only p1`` / ``--only p2`` / ``--only p3`` runs one part and keeps the other parts of docs/benchmarks.md as they
 are. Nothing here asserts anything about time; the numbers are written down, not judged. The guests are
 named virtops-bench-* and undefined at the end.
 """
@@ -42,6 +45,9 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 TOP = HERE.parent
+sys.path.insert(0, str(HERE))
+import p3_boot  # noqa: E402  (the benchmarks directory is not a package)
+
 URI = "qemu:///system"
 PREFIX = "virtops-bench-"
 POOL = "virtops-bench-pool"
@@ -256,7 +262,7 @@ def p2_section(args, results):
     return lines
 
 
-PARTS = ("p1", "p2")
+PARTS = ("p1", "p2", "p3")
 
 
 def main(argv):
@@ -264,6 +270,8 @@ def main(argv):
     parser.add_argument("--guests", type=int, default=30)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--p2-runs", type=int, default=3, help="repetitions of P2's whole sequence per image size")
+    parser.add_argument("--p3-runs", type=int, default=5)
+    parser.add_argument("--p3-timeout", type=int, default=60, help="seconds a boot may take before it counts as a timeout")
     parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts (repeatable)")
     parser.add_argument("--out", default=str(TOP / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
@@ -291,6 +299,9 @@ def main(argv):
             sections["P1"] = p1_section(args, bench_p1(args, cache, guests, scenarios, tmp))
         if "p2" in parts:
             sections["P2"] = p2_section(args, bench_p2(args, cache, ours, env_ours, tmp))
+        if "p3" in parts:
+            rows, tsc_khz = p3_boot.run_p3(runs=args.p3_runs, timeout=args.p3_timeout)
+            sections["P3"] = p3_boot.section(rows, args.p3_runs, tsc_khz, args.p3_timeout).splitlines()
     write(args, sections, ours, theirs)
     return 0
 
