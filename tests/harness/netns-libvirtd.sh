@@ -17,7 +17,7 @@
 #
 # Clients reach them at qemu+tcp://10.254.77.1/system and qemu+tcp://10.254.77.2/system from
 # inside either network namespace (the migration target runs its modules through the python
-# wrapper $root/python-a, which is python3 inside namespace a), or from this namespace at
+# wrapper $root/python-a: $VIRTOPS_MIG_PYTHON, or python3, inside namespace a), or from here at
 # qemu+unix:///system?socket=$root/<name>/run/libvirt-sock.
 # Storage: $root/<name>/lib/images is each host's /var/lib/libvirt/images (not shared, with a
 # dir pool virtops-test-mig-images on it); $root/shared is the same directory on both hosts.
@@ -172,10 +172,10 @@ up() {
       pool-create-as virtops-test-mig-images dir --target /var/lib/libvirt/images >/dev/null
   done
   counter_initrd
-  # python3 inside namespace a, for ansible_python_interpreter.
+  # python inside namespace a, for ansible_python_interpreter ($VIRTOPS_MIG_PYTHON or python3).
   cat > "$root/python-a" <<EOF
 #!/bin/sh
-exec ip netns exec $(ns_of a) /usr/bin/python3 "\$@"
+exec ip netns exec $(ns_of a) ${VIRTOPS_MIG_PYTHON:-$(command -v python3)} "\$@"
 EOF
   chmod 755 "$root/python-a"
   echo "netns-libvirtd: hypervisors a ($(addr_of a)) and b ($(addr_of b)) are up under $root"
