@@ -61,7 +61,7 @@ write_config() {
   # daemon come along.
   cp /etc/libvirt/libvirt.conf "$dir/etc/" 2>/dev/null || true
   cat > "$dir/etc/libvirtd.conf" <<EOF
-# private test hypervisor $name (tests/harness/netns-libvirtd.sh)
+# private test hypervisor $name (netns-libvirtd.sh)
 listen_tls = 0
 listen_tcp = 1
 listen_addr = "$addr"
@@ -73,7 +73,7 @@ host_uuid = "$(uuid_of "$name")"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
   cat > "$dir/etc/qemu.conf" <<EOF
-# private test hypervisor $name (tests/harness/netns-libvirtd.sh)
+# private test hypervisor $name (netns-libvirtd.sh)
 user = "root"
 group = "root"
 dynamic_ownership = 0
