@@ -76,7 +76,7 @@ def validate(params):
     if params["uri"] and params["uri"].rstrip("/") == uri.rstrip("/"):
         raise ValidationError("dest_uri is the source's uri (%s): a guest cannot migrate to the host it runs on" % uri)
     if params["offline"]:
-        if params["postcopy"] or params["timeout_action"] == "postcopy" and params["timeout"]:
+        if params["postcopy"] or (params["timeout_action"] == "postcopy" and params["timeout"]):
             raise ValidationError("offline=true moves only the definition: postcopy does not apply")
         if params["copy_storage"] != "none":
             raise ValidationError("offline=true moves only the definition: libvirt cannot copy storage without a running guest (copy_storage must be none)")
@@ -201,13 +201,18 @@ def check_cpu(dclient, root):
         result = dclient.conn.compareHypervisorCPU(None, arch, machine, virttype, to_string(cpu, pretty=False), VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
     except Exception as exc:  # libvirt.libvirtError; libvirt may be absent in unit tests
         code = getattr(exc, "get_error_code", lambda: None)()
-        text = getattr(exc, "get_error_message", lambda: str(exc))() or str(exc)
+        text = _text_of(exc)
         if code == VIR_ERR_CPU_INCOMPATIBLE:
             return "the guest's CPU is not compatible with the destination: %s" % text
         raise LibvirtError("cannot compare the guest's CPU with the destination's: %s" % text, code=code) from exc
     if result == VIR_CPU_COMPARE_INCOMPATIBLE:
         return "the guest's CPU is not compatible with the destination"
     return None
+
+
+def _text_of(exc):
+    getter = getattr(exc, "get_error_message", None)
+    return (getter() if getter else None) or str(exc)
 
 
 def _pool_by_dir(dclient):
@@ -349,7 +354,7 @@ def _quiet(func):
         pass
 
 
-def migrate(client, dom, params, flags, typed, clock=time.monotonic, sleep=time.sleep):
+def migrate(client, dom, params, flags, typed):
     """Run ``migrateToURI3`` with the watcher beside it; returns what the watcher did."""
     done = threading.Event()
     outcome = {}
@@ -366,7 +371,7 @@ def migrate(client, dom, params, flags, typed, clock=time.monotonic, sleep=time.
     worker.start()
     taken = {"postcopy": False, "timeout_action": None}
     if not params["offline"] and (params["postcopy"] or params["timeout"]):
-        taken = watch(dom, params, done, clock=clock, sleep=sleep)
+        taken = watch(dom, params, done)
     worker.join()
     if "error" in outcome:
         raise migration_error(client, dom.name(), params, outcome["error"], taken)
