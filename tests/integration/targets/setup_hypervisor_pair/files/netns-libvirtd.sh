@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Two private libvirt hypervisors on this machine, for migration tests.
+#
+#   netns-libvirtd.sh up     tear down what a killed run left, then start hypervisors a and b
+#   netns-libvirtd.sh down   stop them, kill their QEMUs, delete their namespaces and directories
+#   netns-libvirtd.sh exec a CMD...   run CMD inside hypervisor a's network namespace
+#
+# Each hypervisor is a libvirtd in its own network namespace (virtops-test-mig-a, -b, joined by a
+# veth pair: 10.254.77.1/24 and 10.254.77.2/24), its own mount namespace (its own /run/libvirt,
+# /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt and /etc/libvirt, bind-mounted from
+# $root/<name>) and its own UTS namespace (hostname virtops-test-mig-<name>). Each has its own
+# host UUID, listens on TCP (no auth) on its veth address only, and receives migrations on that
+# address, so the migration stream never leaves the veth pair. QEMU runs as root without a
+# security driver, cgroups or virtlogd (the serial and stdio logs are plain files).
+# The system libvirtd (qemu:///system) is not touched: its sockets and state are hidden from the
+# private daemons by the mounts, which exist only inside their mount namespaces.
+#
+# Clients reach them at qemu+tcp://10.254.77.1/system and qemu+tcp://10.254.77.2/system from
+# inside either network namespace (the migration target runs its modules through the python
+# wrapper $root/python-a: $VIRTOPS_MIG_PYTHON, or python3, inside namespace a), or from here at
+# qemu+unix:///system?socket=$root/<name>/run/libvirt-sock.
+# Storage: $root/<name>/lib/images is each host's /var/lib/libvirt/images (not shared, with a
+# dir pool virtops-test-mig-images on it); $root/shared is the same directory on both hosts.
+set -euo pipefail
+
+root=${VIRTOPS_MIG_ROOT:-/tmp/virtops-test-mig}
+cache=${VIRTOPS_TEST_CACHE:-/var/cache/virtops-kvm-tests}/netns-libvirt
+names="a b"
+
+addr_of() { case $1 in a) echo 10.254.77.1 ;; b) echo 10.254.77.2 ;; esac; }
+uuid_of() { case $1 in a) echo 7e1a0c5e-77a1-4d6b-9a51-00000000000a ;; b) echo 7e1a0c5e-77a1-4d6b-9a51-00000000000b ;; esac; }
+ns_of() { echo "virtops-test-mig-$1"; }
+
+down_one() {
+  local name=$1 ns pid
+  ns=$(ns_of "$name")
+  if ip netns list | grep -qw "$ns"; then
+    # Everything in the namespace was started by this script: the daemon, its QEMUs.
+    for pid in $(ip netns pids "$ns"); do kill "$pid" 2>/dev/null || true; done
+    for _ in $(seq 1 40); do
+      [ -z "$(ip netns pids "$ns")" ] && break
+      sleep 0.25
+    done
+    for pid in $(ip netns pids "$ns"); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns delete "$ns"
+  fi
+}
+
+down() {
+  local name
+  for name in $names; do down_one "$name"; done
+  ip link delete virtops-mig-a 2>/dev/null || true
+  rm -rf "$root"
+}
+
+write_config() {
+  local name=$1 dir=$2 addr
+  addr=$(addr_of "$name")
+  mkdir -p "$dir/etc/qemu" "$dir/etc/storage" "$dir/etc/secrets" "$dir/etc/nwfilter"
+  # Only the daemon configuration is copied: no guests, networks, pools or secrets of the system
+  # daemon come along.
+  cp /etc/libvirt/libvirt.conf "$dir/etc/" 2>/dev/null || true
+  cat > "$dir/etc/libvirtd.conf" <<EOF
+# private test hypervisor $name (netns-libvirtd.sh)
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "$addr"
+auth_tcp = "none"
+auth_unix_rw = "none"
+unix_sock_group = "root"
+unix_sock_rw_perms = "0770"
+host_uuid = "$(uuid_of "$name")"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+EOF
+  cat > "$dir/etc/qemu.conf" <<EOF
+# private test hypervisor $name (netns-libvirtd.sh)
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+stdio_handler = "file"
+migration_address = "$addr"
+migration_host = "$addr"
+EOF
+}
+
+up_one() {
+  local name=$1 ns dir
+  ns=$(ns_of "$name")
+  dir="$root/$name"
+  mkdir -p "$dir"/{run,lib/images,lib/qemu,log/qemu,etc} "$cache/$name"
+  write_config "$name" "$dir"
+  # The daemon: a new mount namespace (private propagation) inside the network namespace; the
+  # bind mounts exist only there.
+  ip netns exec "$ns" unshare --mount --uts --propagation private sh -ec '
+    dir=$1; cache=$2; name=$3
+    hostname "virtops-test-mig-$name"
+    mount --bind "$dir/run" /run/libvirt
+    mount --bind "$dir/lib" /var/lib/libvirt
+    mount --bind "$cache" /var/cache/libvirt
+    mount --bind "$dir/log" /var/log/libvirt
+    mount --bind "$dir/etc" /etc/libvirt
+    exec libvirtd --daemon --listen --pid-file "$dir/libvirtd.pid"
+  ' sh "$dir" "$cache/$name" "$name"
+}
+
+wait_one() {
+  local name=$1 sock
+  sock="$root/$name/run/libvirt-sock"
+  for _ in $(seq 1 240); do
+    if virsh -c "qemu+unix:///system?socket=$sock" version >/dev/null 2>&1 \
+       && ip netns exec "$(ns_of "$name")" virsh -c "qemu+tcp://$(addr_of "$name")/system" version >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "netns-libvirtd: hypervisor $name did not answer within 120 s; log: $root/$name/log/libvirtd.log" >&2
+  return 1
+}
+
+# The guest fixture's initramfs with a second cpio archive appended: the kernel unpacks both, so
+# this /init replaces the fixture's. It prints the fixture's ready line, then a counter and the
+# boot id every second, which is how a test sees that a migrated guest kept running (the count
+# goes on, the boot id stays). The fixture itself is not changed.
+counter_initrd() {
+  local fixture=${VIRTOPS_TEST_CACHE:-/var/cache/virtops-kvm-tests}/guest/initrd.img work
+  [ -s "$fixture" ] || { echo "netns-libvirtd: $fixture is missing (tests/harness/build-guest.sh)" >&2; return 1; }
+  work=$(mktemp -d)
+  cat > "$work/init" <<'SH'
+#!/bin/sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /etc/modules-order); do insmod "/lib/modules/$m" 2>/dev/null; done
+boot=$(cat /proc/sys/kernel/random/boot_id)
+echo "VIRTOPS-GUEST-READY boot=$boot"
+n=0
+while true; do
+  n=$((n + 1))
+  echo "VIRTOPS-COUNTER n=$n boot=$boot"
+  sleep 1
+done
+SH
+  chmod 755 "$work/init"
+  (cd "$work" && echo init | cpio -o -H newc --quiet | gzip -1) > "$work/overlay.cpio.gz"
+  cat "$fixture" "$work/overlay.cpio.gz" > "$root/shared/counter-initrd.img"
+  chmod 644 "$root/shared/counter-initrd.img"
+  rm -rf "$work"
+}
+
+up() {
+  local name
+  down
+  mkdir -p "$root/shared"
+  chmod 755 "$root"
+  for name in $names; do
+    ip netns add "$(ns_of "$name")"
+    ip -n "$(ns_of "$name")" link set lo up
+  done
+  ip link add virtops-mig-a netns "$(ns_of a)" type veth peer name virtops-mig-b netns "$(ns_of b)"
+  for name in $names; do
+    ip -n "$(ns_of "$name")" addr add "$(addr_of "$name")/24" dev "virtops-mig-$name"
+    ip -n "$(ns_of "$name")" link set "virtops-mig-$name" up
+  done
+  for name in $names; do up_one "$name"; done
+  for name in $names; do wait_one "$name"; done
+  for name in $names; do
+    virsh -q -c "qemu+unix:///system?socket=$root/$name/run/libvirt-sock" \
+      pool-create-as virtops-test-mig-images dir --target /var/lib/libvirt/images >/dev/null
+  done
+  counter_initrd
+  # python inside namespace a, for ansible_python_interpreter ($VIRTOPS_MIG_PYTHON or python3).
+  cat > "$root/python-a" <<EOF
+#!/bin/sh
+exec ip netns exec $(ns_of a) ${VIRTOPS_MIG_PYTHON:-$(command -v python3)} "\$@"
+EOF
+  chmod 755 "$root/python-a"
+  echo "netns-libvirtd: hypervisors a ($(addr_of a)) and b ($(addr_of b)) are up under $root"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down; echo "netns-libvirtd: hypervisors down" ;;
+  exec)
+    name=${2:?exec needs a or b}
+    shift 2
+    exec ip netns exec "$(ns_of "$name")" "$@"
+    ;;
+  *)
+    echo "usage: $0 up|down|exec a|b CMD..." >&2
+    exit 2
+    ;;
+esac

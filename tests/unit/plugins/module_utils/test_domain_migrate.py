@@ -1,0 +1,202 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""domain_migrate's planning: option validation, flags and parameters, the idempotence decision, job stats.
+
+libvirt's test driver cannot migrate: the migration itself is exercised by the integration target
+between two real hypervisors (tests/integration/targets/domain_migrate).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_migrate as dm
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import ValidationError
+
+BASE = dict(
+    uri="qemu+tcp://10.0.0.1/system",
+    name="g",
+    dest_uri="qemu+tcp://10.0.0.2/system",
+    live=True,
+    offline=False,
+    postcopy=False,
+    postcopy_after=None,
+    auto_converge=False,
+    bandwidth_mib=None,
+    copy_storage="none",
+    persistent=True,
+    undefine_source=False,
+    tunnelled=False,
+    compressed=False,
+    timeout=None,
+    timeout_action="abort",
+)
+
+
+def params(**over):
+    return dict(BASE, **over)
+
+
+@pytest.mark.parametrize(
+    "over, needle",
+    [
+        (dict(dest_uri="qemu:///system"), "not a remote QEMU URI"),
+        (dict(dest_uri="qemu+tcp://10.0.0.1/system"), "cannot migrate to the host it runs on"),
+        (dict(offline=True, postcopy=True), "postcopy does not apply"),
+        (dict(offline=True, copy_storage="all"), "copy_storage must be none"),
+        (dict(offline=True, persistent=False), "needs persistent=true"),
+        (dict(postcopy=True, live=False), "needs live=true"),
+        (dict(postcopy_after=3), "postcopy_after needs postcopy=true"),
+        (dict(bandwidth_mib=-1), "must not be negative"),
+    ],
+)
+def test_validate_bad_input(over, needle):
+    with pytest.raises(ValidationError, match=needle):
+        dm.validate(params(**over))
+
+
+def test_flags_default_live_persistent_p2p():
+    _flags, names = dm.migration_flags(params())
+    assert names == ["live", "peer2peer", "persist_dest", "abort_on_error"]
+
+
+def test_flags_everything():
+    over = dict(postcopy=True, auto_converge=True, tunnelled=True, compressed=True, copy_storage="incremental", undefine_source=True)
+    _flags, names = dm.migration_flags(params(**over))
+    assert set(names) == {
+        "live",
+        "peer2peer",
+        "persist_dest",
+        "abort_on_error",
+        "postcopy",
+        "auto_converge",
+        "tunnelled",
+        "compressed",
+        "non_shared_inc",
+        "undefine_source",
+    }
+
+
+def test_flags_offline_and_timeout_postcopy():
+    assert "offline" in dm.migration_flags(params(offline=True))[1]
+    assert "live" not in dm.migration_flags(params(offline=True))[1]
+    assert "postcopy" in dm.migration_flags(params(timeout=10, timeout_action="postcopy"))[1]
+
+
+def test_params_bandwidth():
+    assert dm.migration_params(params(bandwidth_mib=4)) == {"bandwidth": 4}
+    assert dm.migration_params(params()) == {}
+
+
+@pytest.mark.parametrize(
+    "src, dst, over, expected",
+    [
+        ("running", None, {}, "migrate"),
+        ("running", "shutoff", {}, "migrate"),
+        (None, "running", {}, "none"),
+        ("shutoff", "running", {}, "none"),
+        ("shutoff", None, dict(offline=True), "migrate"),
+        ("shutoff", "shutoff", dict(offline=True), "none"),
+        (None, "shutoff", dict(offline=True), "none"),
+    ],
+)
+def test_decide(src, dst, over, expected):
+    assert dm.decide("g", src, dst, params(**over)) == expected
+
+
+@pytest.mark.parametrize(
+    "src, dst, over, needle",
+    [
+        ("running", "running", {}, "refusing to migrate over a running copy"),
+        (None, None, {}, "exists neither"),
+        ("shutoff", None, {}, "use offline=true"),
+        ("running", None, dict(offline=True), "offline=true moves only a defined, stopped guest"),
+        (None, None, dict(offline=True), "exists neither"),
+    ],
+)
+def test_decide_bad_input(src, dst, over, needle):
+    with pytest.raises(ValidationError, match=needle):
+        dm.decide("g", src, dst, params(**over))
+
+
+def test_stats_from_completed_job():
+    raw = {"downtime": 214, "time_elapsed": 973, "data_processed": 1000, "memory_processed": 900, "disk_processed": 100, "memory_iteration": 3}
+    stats = dm.stats_from(raw, {"postcopy": False, "timeout_action": None})
+    assert stats["downtime_ms"] == 214 and stats["total_time_ms"] == 973 and stats["data_transferred_bytes"] == 1000
+    assert stats["postcopy_used"] is False
+    assert dm.stats_from({}, {"postcopy": True, "timeout_action": "postcopy"})["postcopy_used"] is True
+
+
+class FakeDom:
+    """A domain whose migration job reports a growing memory iteration."""
+
+    def __init__(self):
+        self.calls = []
+        self.iteration = 0
+
+    def jobStats(self, _flags):
+        self.iteration += 1
+        return {"type": 2, "memory_iteration": self.iteration}
+
+    def migrateStartPostCopy(self, _flags):
+        self.calls.append("postcopy")
+
+    def abortJob(self):
+        self.calls.append("abort")
+
+    def suspend(self):
+        self.calls.append("suspend")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def run_watch(over, polls):
+    dom, clock, done = FakeDom(), Clock(), threading.Event()
+    count = [0]
+
+    def sleep(_seconds):
+        clock.now += 1
+        count[0] += 1
+        if count[0] >= polls:
+            done.set()
+
+    taken = dm.watch(dom, params(**over), done, clock=clock, sleep=sleep)
+    return dom, taken
+
+
+def test_watch_switches_to_postcopy_when_precopy_does_not_converge():
+    dom, taken = run_watch(dict(postcopy=True), polls=5)
+    assert taken["postcopy"] is True
+    assert dom.calls == ["postcopy"]
+
+
+def test_watch_timeout_abort():
+    dom, taken = run_watch(dict(timeout=2, timeout_action="abort"), polls=6)
+    assert taken["timeout_action"] == "abort"
+    assert dom.calls == ["abort"]
+
+
+def test_watch_timeout_suspend():
+    dom, taken = run_watch(dict(timeout=2, timeout_action="suspend"), polls=6)
+    assert dom.calls == ["suspend"] and taken["postcopy"] is False
+
+
+def test_unreachable_destination_bad_input():
+    from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
+
+    def open_dest(uri):
+        raise LibvirtError("unable to connect to server at '10.0.0.2:16509': No route to host")
+
+    class Backends:
+        libvirt = object()
+
+    with pytest.raises(LibvirtError, match=r"cannot reach the destination qemu\+tcp://10\.0\.0\.2/system: .*nothing was changed"):
+        dm.ensure_domain_migrate(Backends(), params(), False, open_dest=open_dest)
