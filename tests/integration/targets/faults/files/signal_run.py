@@ -40,12 +40,28 @@ def _procs():
         yield int(pid), ppid, argv
 
 
-def _target(when, to):
+def _descendants(root):
+    """The pids below ``root`` (only these are ever signalled on --when qemu-img)."""
+    children = {}
+    for pid, ppid, _argv in _procs():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _target(when, to, root):
     kind, _, rest = when.partition(":")
     if kind == "qemu-img":
+        mine = _descendants(root)
         for pid, ppid, argv in _procs():
-            if argv and os.path.basename(argv[0]) == "qemu-img" and any(rest in a for a in argv):
-                return ppid if to == "parent" else pid
+            if pid in mine and argv and os.path.basename(argv[0]) == "qemu-img" and any(rest in a for a in argv):
+                victim = ppid if to == "parent" else pid
+                return victim if victim in mine else None
         return None
     if kind == "allocated":
         path, _, size = rest.rpartition(":")
@@ -68,12 +84,21 @@ def main():
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    kind, _, word = args.when.partition(":")
+    waited = time.monotonic() + args.timeout
+    # an earlier case's orphaned qemu-img (its module killed) must end before this one starts
+    while (
+        kind == "qemu-img"
+        and time.monotonic() < waited
+        and any(a and os.path.basename(a[0]) == "qemu-img" and any(word in x for x in a) for _p, _pp, a in _procs())
+    ):
+        time.sleep(0.2)
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # pylint: disable=consider-using-with
     signalled, victim = False, None
     deadline = time.monotonic() + args.timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        victim = _target(args.when, args.to)
+        victim = _target(args.when, args.to, proc.pid)
         if victim:
             os.kill(victim, getattr(signal, "SIG" + args.signal))
             signalled = True
