@@ -17,7 +17,7 @@ import re
 import time
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, ValidationError
-from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import KSM, gather_ksm, locked_files, read_raw
+from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import KSM, gather_ksm, locked_files, read_raw, unwritable
 
 SETTINGS = ("pages_to_scan", "sleep_millisecs", "merge_across_nodes", "run")
 SWITCHES = ("merge_across_nodes",)
@@ -126,6 +126,17 @@ def _plan(fs, params):
     return current, before, after, changes, before_file, after_file
 
 
+def _check_writable(fs):
+    """Refuse before any KSM value changes when the boot-time rule cannot be written (a read-only /etc)."""
+    problems = unwritable(fs, [TMPFILES])
+    if problems:
+        raise HostError(
+            "cannot write %s (%s): the file system is read-only or not writable, so nothing was changed: the KSM settings "
+            "were not touched either. Make it writable and run again" % (TMPFILES, problems[TMPFILES]),
+            unwritable=[TMPFILES],
+        )
+
+
 def ensure_ksm(backends, params, check_mode, *, sleep=time.sleep):
     """The module's entry point: bring KSM to ``params`` (``sleep`` is how the run waits for the kernel)."""
     fs = backends.hostfs
@@ -133,6 +144,8 @@ def ensure_ksm(backends, params, check_mode, *, sleep=time.sleep):
     with locked_files(fs, [TMPFILES] if persistent else []):
         current, before, after, changes, before_file, after_file = _plan(fs, params)
         file_changed = persistent and before_file != after_file
+        if file_changed and not check_mode:
+            _check_writable(fs)
         if not check_mode:
             for name in ("pages_to_scan", "sleep_millisecs"):
                 if name in changes:

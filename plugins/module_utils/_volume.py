@@ -14,6 +14,11 @@ go; then the volume is read back (``virStorageVolDownload``) and hashed again, b
 stream does not report ENOSPC on a sparse target: a volume on a full file system holds zeros where
 the data should be. A checksum mismatch, a read-back that differs, or any failure after the volume
 was created deletes the new volume again, so nothing half-made is left and a rerun converges.
+
+An upload can also be cut off where nothing can delete the volume (libvirtd killed, the module
+killed): a marker volume ``<name>.virtops-incomplete`` is created in the same pool before the upload
+and deleted only after the read-back, so a later run that finds the marker knows the volume is the
+remainder of an interrupted upload and uploads it again instead of taking it as converged.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ SECTOR = 512
 GRANULARITY = 1024
 # qcow2's largest virtual size with libvirt's default 64 KiB clusters (32 MiB of L1 table): 2 PiB.
 QCOW2_MAX_BYTES = 2**51
+# the marker of an upload in progress (see the module docstring)
+INCOMPLETE = ".virtops-incomplete"
 
 
 # ---------------------------------------------------------------------------- reading volumes
@@ -354,12 +361,25 @@ def plan_volume(client, params, planned=None):
     source, checksum = validate_params(params)
     pool = _lookup_pool(client, params)
     vol = client.lookup_volume(pool, params["name"]) if pool is not None else None
+    marker = client.lookup_volume(pool, params["name"] + INCOMPLETE) if pool is not None and not params["name"].endswith(INCOMPLETE) else None
     before = volume_facts(client, pool, vol) if vol is not None else {}
-    plan = dict(pool=pool, vol=vol, steps=[], before=before, after=dict(before), checksum=checksum, warnings=[])
+    plan = dict(pool=pool, vol=vol, marker=marker, steps=[], before=before, after=dict(before), checksum=checksum, warnings=[])
     if params["state"] == "absent":
         if vol is not None:
             plan["steps"] = (["wipe"] if params.get("wipe") else []) + ["delete"]
             plan["after"] = {}
+        elif marker is not None:
+            plan["steps"] = ["delete"]
+        return plan
+    if vol is not None and marker is not None:
+        if source != "upload_from":
+            raise ValidationError(
+                "volume %s is the remainder of an interrupted upload (volume %s%s marks it): upload it again with upload_from, "
+                "or remove it with state=absent" % (params["name"], params["name"], INCOMPLETE)
+            )
+        plan["warnings"].append("volume %s is the remainder of an interrupted upload: it is deleted and uploaded again" % params["name"])
+        plan.update(_plan_create(client, pool, params, source, planned))
+        plan["steps"] = ["delete", "upload"]
         return plan
     if vol is None:
         plan.update(_plan_create(client, pool, params, source, planned))
@@ -392,12 +412,18 @@ def _send_all(stream, data):
         view = view[sent:]
 
 
-def _remove_new(vol):
-    """Delete a volume this run created; returns the note for the error message."""
+def _remove_new(vol, marker=None):
+    """Delete a volume this run created (then its upload marker); returns the note for the error message.
+
+    When the volume cannot be deleted the marker stays, so the next run uploads it again.
+    """
     try:
         vol.delete(0)
     except Exception as exc:  # pylint: disable=broad-exception-caught  # the first error is the one to report
+        if marker is not None:
+            return "removing the new volume failed too (%s): it is marked incomplete, the next run uploads it again" % exc
         return "removing the new volume failed too (%s): delete it before retrying" % exc
+    _remove_marker(marker)
     return "the new volume was removed again"
 
 
@@ -461,12 +487,23 @@ def _verify_stored(client, pool, vol, name, hasher):
 
 
 def _upload(client, pool, params, plan):
-    """Create the volume, stream the source into it, read it back; any failure deletes the new volume."""
+    """Create the volume, stream the source into it, read it back; any failure deletes the new volume.
+
+    The marker volume is there from before the volume is created until after the read-back.
+    """
     name = params["name"]
     hasher = Hasher(plan["checksum"])
     source = _open_source(params)
     vol = None
+    marker = plan.get("marker")
     try:
+        if marker is None:
+            marker = client.call(
+                "cannot create volume %s%s (the marker of an upload in progress) in pool %s" % (name, INCOMPLETE, params["pool"]),
+                pool.createXML,
+                volume_xml(name + INCOMPLETE, SECTOR, "raw"),
+                0,
+            )
         head = source.read(CHUNK)
         fmt = params.get("format") or probe_format(head)
         capacity = upload_capacity(params, fmt, _image_size(params, head, source, fmt))
@@ -476,19 +513,32 @@ def _upload(client, pool, params, plan):
         client.call("cannot refresh pool %s" % params["pool"], pool.refresh, 0)
         vol = client.lookup_volume(pool, name)
         _grow_to(client, vol, name, wanted_capacity(params, fmt))
+        client.call("cannot delete volume %s%s (the marker of the finished upload)" % (name, INCOMPLETE), marker.delete, 0)
     except VirtopsError as exc:
         if "No space left" in exc.msg:
             _with_note(exc, _space_note(client, pool))
         if vol is not None:
-            raise _with_note(exc, _remove_new(vol)) from None
+            raise _with_note(exc, _remove_new(vol, marker)) from None
+        _remove_marker(marker)
         raise
     except BaseException:
         if vol is not None:
-            _remove_new(vol)
+            _remove_new(vol, marker)
+        else:
+            _remove_marker(marker)
         raise
     finally:
         source.close()
     return vol, hasher.hexdigest()
+
+
+def _remove_marker(marker):
+    if marker is None:
+        return
+    try:
+        marker.delete(0)
+    except Exception:  # pylint: disable=broad-exception-caught  # a marker left says only "upload again"
+        pass
 
 
 def _space_note(client, pool):
@@ -540,8 +590,11 @@ def apply_volume(client, params, plan):
         if step == "wipe":
             client.call("cannot wipe volume %s" % name, vol.wipe, 0)
         elif step == "delete":
-            client.call("cannot delete volume %s" % name, vol.delete, 0)
+            if vol is not None:
+                client.call("cannot delete volume %s" % name, vol.delete, 0)
             vol = None
+            if plan.get("marker") is not None and params["state"] == "absent":
+                client.call("cannot delete volume %s%s" % (name, INCOMPLETE), plan["marker"].delete, 0)
         elif step == "create":
             vol = _create_volume(client, pool, params, plan)
         elif step == "upload":

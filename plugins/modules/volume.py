@@ -122,6 +122,9 @@ options:
     description:
       - Fill the new volume from a file on the hypervisor (absolute path) or an C(http://), C(https://) or
         C(ftp://) URL, streamed through libvirt.
+      - While the upload runs, an empty volume C(<name>.virtops-incomplete) in the same pool marks it unfinished;
+        it is deleted after the read-back. A run cut off where the volume cannot be deleted (libvirtd or the
+        module killed) leaves both, and the next run deletes the remainder and uploads again.
     type: str
   checksum:
     description:

@@ -102,6 +102,17 @@ def test_persistent_tmpfiles_rule(fs):
     assert ensure(fs, params)["changed"] is False
 
 
+def test_fault_read_only_etc_changes_no_ksm_value(fs, monkeypatch):
+    # the real read-only bind mount is the faults integration target's; here the probe's answer stands for it
+    monkeypatch.setattr(_ksm, "unwritable", lambda _fs, paths: {path: "Read-only file system" for path in paths})
+    before = {name: _val(fs, name) for name in ("run", "pages_to_scan")}
+    with pytest.raises(HostError, match=r"virtops-ksm.conf \(Read-only file system\): the file system is read-only .* nothing was changed"):
+        ensure(fs, {"run": 1, "pages_to_scan": 321, "persistent": True})
+    assert {name: _val(fs, name) for name in ("run", "pages_to_scan")} == before
+    assert not pathlib.Path(fs.path(_ksm.TMPFILES)).exists()
+    assert ensure(fs, {"run": 1, "pages_to_scan": 321, "persistent": True}, check_mode=True)["changed"] is True
+
+
 def test_merge_across_nodes_is_a_tristate_in_results(fs):
     result = ensure(fs, {"run": 1, "merge_across_nodes": True})
     assert result["changed"] is False

@@ -433,3 +433,101 @@ def test_batch_failure_names_the_entry_and_keeps_what_came_before(test_conn):
 def test_single_volume_needs_pool_and_name(test_conn):
     with pytest.raises(ValidationError, match="pool is required"):
         manage_volume(params(pool=None, capacity="1MiB"), test_conn)
+
+
+class _DaemonDiesMidUpload:
+    """A real connection whose upload stream fails after the first chunk and whose volumes cannot be deleted
+    any more: what the module sees when libvirtd is killed during an upload."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self.dead = False
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def newStream(self, flags=0):  # libvirt's name
+        return _DyingStream(self._conn.newStream(flags), self)
+
+    def storagePoolLookupByName(self, name):  # libvirt's name
+        return _DyingPool(self._conn.storagePoolLookupByName(name), self)
+
+
+class _DyingStream:
+    def __init__(self, stream, owner):
+        self._stream, self._owner, self._sent = stream, owner, 0
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def send(self, data):
+        if self._sent:
+            self._owner.dead = True
+            raise libvirt.libvirtError("End of file while reading data: Input/output error")
+        self._sent += 1
+        return self._stream.send(data)
+
+
+class _DyingPool:
+    def __init__(self, pool, owner):
+        self._pool, self._owner = pool, owner
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
+
+    def createXML(self, xml, flags=0):  # libvirt's name
+        return _DyingVolume(self._pool.createXML(xml, flags), self._owner)
+
+
+class _DyingVolume:
+    def __init__(self, vol, owner):
+        self._vol, self._owner = vol, owner
+
+    def __getattr__(self, name):
+        return getattr(self._vol, name)
+
+    def delete(self, flags=0):
+        if self._owner.dead:
+            raise libvirt.libvirtError("Cannot write data: Broken pipe")
+        return self._vol.delete(flags)
+
+
+def test_fault_upload_cut_off_where_nothing_can_delete_it_is_uploaded_again(system_pool, tmp_path):
+    """An upload cut off with libvirtd gone leaves a marked remainder: the rerun uploads again, then converges"""
+    client, pool, path = system_pool
+    source = tmp_path / "data.raw"
+    data = os.urandom(3 * MIB)
+    source.write_bytes(data)
+    p = sys_params(upload_from=str(source), checksum="sha256:" + hashlib.sha256(data).hexdigest())
+    dying = LibvirtClient(_DaemonDiesMidUpload(client.conn), "qemu:///system")
+    with pytest.raises(VirtopsError, match=r"cannot upload into volume v.img.*it is marked incomplete, the next run uploads it again"):
+        manage_volume(p, dying)
+    pool.refresh(0)
+    assert sorted(pool.listVolumes()) == ["v.img", "v.img.virtops-incomplete"]
+    assert (path / "v.img").read_bytes() != data  # the remainder: only the first chunk
+    check = manage_volume(p, client, check_mode=True)
+    assert check["changed"] and check["actions"] == ["delete", "upload"]
+    assert "remainder of an interrupted upload" in check["warnings"][0]
+    done = manage_volume(p, client)
+    assert done["changed"] and done["actions"] == check["actions"]
+    assert (path / "v.img").read_bytes() == data
+    pool.refresh(0)
+    assert pool.listVolumes() == ["v.img"]
+    assert manage_volume(p, client)["changed"] is False
+
+
+def test_fault_marked_remainder_without_upload_from_is_refused_or_removed(system_pool, tmp_path):
+    """A marked remainder is never taken as converged: without upload_from it is refused; state=absent removes both"""
+    client, pool, _path = system_pool
+    source = tmp_path / "data.raw"
+    source.write_bytes(os.urandom(2 * MIB))
+    dying = LibvirtClient(_DaemonDiesMidUpload(client.conn), "qemu:///system")
+    with pytest.raises(VirtopsError):
+        manage_volume(sys_params(upload_from=str(source)), dying)
+    with pytest.raises(ValidationError, match=r"remainder of an interrupted upload.*upload it again with upload_from"):
+        manage_volume(sys_params(capacity="2MiB"), client)
+    gone = manage_volume(sys_params(state="absent"), client)
+    assert gone["changed"] and gone["actions"] == ["delete"]
+    pool.refresh(0)
+    assert pool.listVolumes() == []
+    assert manage_volume(sys_params(state="absent"), client)["changed"] is False

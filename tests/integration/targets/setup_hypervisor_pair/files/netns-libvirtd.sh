@@ -94,6 +94,7 @@ up_one() {
   write_config "$name" "$dir"
   # The daemon: a new mount namespace (private propagation) inside the network namespace; the
   # bind mounts exist only there.
+  # shellcheck disable=SC2016  # the script is expanded by the inner sh, with its own arguments
   ip netns exec "$ns" unshare --mount --uts --propagation private sh -ec '
     dir=$1; cache=$2; name=$3
     hostname "virtops-test-mig-$name"
