@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Run a command (an ad-hoc ``ansible`` call of one module), signal a process while it is in flight.
@@ -55,7 +55,7 @@ def _descendants(root):
 
 
 def _target(when, to, root):
-    kind, _, rest = when.partition(":")
+    kind, _sep, rest = when.partition(":")
     if kind == "qemu-img":
         mine = _descendants(root)
         for pid, ppid, argv in _procs():
@@ -64,7 +64,7 @@ def _target(when, to, root):
                 return victim if victim in mine else None
         return None
     if kind == "allocated":
-        path, _, size = rest.rpartition(":")
+        path, _sep, size = rest.rpartition(":")
         try:
             if os.stat(path).st_blocks * 512 <= int(size):
                 return None
@@ -84,7 +84,7 @@ def main():
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    kind, _, word = args.when.partition(":")
+    kind, _sep, word = args.when.partition(":")
     waited = time.monotonic() + args.timeout
     # an earlier case's orphaned qemu-img (its module killed) must end before this one starts
     while (
