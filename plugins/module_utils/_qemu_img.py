@@ -344,6 +344,9 @@ def _read_only(directory):
         return False
 
 
+_FULL = "the file system holding %s is full; %s was left as it was: free space there or write the image elsewhere (%s)"
+
+
 def write_into_place(path, produce):
     """``produce(tmp)`` writes a new image at ``tmp`` in a private directory beside ``path``; it is then renamed onto ``path``.
 
@@ -362,9 +365,14 @@ def write_into_place(path, produce):
                 with contextlib.suppress(PermissionError):
                     os.chown(tmp, old.st_uid, old.st_gid)
             os.replace(tmp, path)
+    except CommandError as exc:
+        # qemu-img reports a full file system as strerror(ENOSPC) (run_command runs it under LC_ALL=C)
+        if os.strerror(errno.ENOSPC) in (exc.stderr or ""):
+            raise HostError(_FULL % (directory, path, exc.stderr.strip()), rc=exc.rc, stderr=exc.stderr) from exc
+        raise
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise HostError("the file system holding %s is full; %s was left as it was" % (directory, path)) from exc
+            raise HostError(_FULL % (directory, path, exc)) from exc
         if exc.errno == errno.EROFS:
             raise HostError("%s is on a read-only file system; nothing was written" % directory) from exc
         raise HostError("cannot write %s: %s" % (path, exc)) from exc
