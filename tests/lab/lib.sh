@@ -7,9 +7,7 @@ LAB=${VIRTOPS_LAB_DIR:-$VIRTOPS_TEST_CACHE/lab}
 LAB_SUITE=${VIRTOPS_LAB_SUITE:-bookworm}
 LAB_MIRROR=${VIRTOPS_LAB_MIRROR:-http://deb.debian.org/debian}
 LAB_QEMU=$LAB/qemu/usr/bin/qemu-system-x86_64
-LAB_IMAGE=$LAB/image/root.img
-LAB_KERNEL=$LAB/image/vmlinuz
-LAB_INITRD=$LAB/image/initrd.img
+LAB_IMAGE=$LAB/image/disk.img
 LAB_KEY=$LAB/ssh/id_ed25519
 LAB_RUN=$LAB/run
 LAB_STATUS=${VIRTOPS_LAB_STATUS:-$LAB/status}
@@ -17,7 +15,7 @@ LAB_INVENTORY=$LAB/inventory.ini
 LAB_PORT=${VIRTOPS_LAB_PORT:-10022}
 LAB_BOOT_TIMEOUT=${VIRTOPS_LAB_BOOT_TIMEOUT:-240}
 # Bump when the image recipe changes so cached images are rebuilt.
-LAB_IMAGE_VERSION=1
+LAB_IMAGE_VERSION=2
 
 log() { printf 'lab: %s\n' "$*" >&2; }
 

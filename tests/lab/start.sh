@@ -3,7 +3,8 @@
 # Prints the status file's path. Always exits 0 when it could write a status (a lab that cannot run
 # makes its targets skip with the reason, never fail the whole run); exits 1 only on usage errors.
 #
-# Boots a copy-on-write overlay of the cached image under QEMU 10 (TCG): q35 with intel-iommu, an igb NIC
+# Boots a copy-on-write overlay of the cached image under QEMU 10 (TCG) through the image's own GRUB (the
+# kernel command line is the image's /etc/default/grub plus what kernel_cmdline wrote): q35 with intel-iommu, an igb NIC
 # (SR-IOV PF, 7 VFs), a virtio management NIC with ssh forwarded to 127.0.0.1:$LAB_PORT, two NUMA nodes.
 # Writes $LAB/inventory.ini and $LAB/lab.json (ssh settings, PCI addresses of the PF and management NIC).
 set -uo pipefail
@@ -46,11 +47,9 @@ if ! unshare --mount --propagation private -- sh -c 'mount --bind "$1" /usr/lib/
     -object memory-backend-ram,id=m0,size=512M -object memory-backend-ram,id=m1,size=512M \
     -numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \
     -device intel-iommu,intremap=on,caching-mode=on \
-    -drive file="$LAB_RUN/overlay.qcow2",if=virtio,format=qcow2 \
+    -drive file="$LAB_RUN/overlay.qcow2",if=virtio,format=qcow2 -boot order=c \
     -netdev user,id=mgmt,hostfwd=tcp:127.0.0.1:"$LAB_PORT"-:22 -device virtio-net-pci,netdev=mgmt,romfile= \
     -netdev user,id=sriov,restrict=on -device igb,netdev=sriov,romfile= \
-    -kernel "$LAB_KERNEL" -initrd "$LAB_INITRD" \
-    -append "root=/dev/vda rw console=ttyS0 intel_iommu=on iommu=pt quiet systemd.show_status=false" \
     -display none -vga none -serial file:"$LAB_RUN/console.log" -monitor none \
     -daemonize -pidfile "$LAB_RUN/qemu.pid" 2>"$LAB_RUN/qemu.err"; then
     status "QEMU 10 did not start: $(tr '\n' ' ' <"$LAB_RUN/qemu.err")"
