@@ -13,9 +13,14 @@ rsync -a --delete \
   --exclude '/virtops-kvm-*.tar.gz' \
   "$top/" "$dest/"
 cache=${VIRTOPS_TEST_CACHE:-/var/cache/virtops-kvm-tests}
+# ansible-test passes targets almost no environment: the lab's settings (tests/lab/lib.sh's defaults) go here
+lab=${VIRTOPS_LAB_DIR:-$cache/lab}
 cat > "$dest/tests/integration/integration_config.yml" <<YML
 ---
 virtops_test_cache: $cache
 virtops_test_guest_dir: $cache/guest
+virtops_lab_dir: $lab
+virtops_lab_port: ${VIRTOPS_LAB_PORT:-10022}
+virtops_lab_status: ${VIRTOPS_LAB_STATUS:-$lab/status}
 YML
 echo "$dest"
