@@ -58,7 +58,7 @@ unmount_below() {
     fi
 }
 
-# Run in the image (mounted at $1) with /dev, /proc, /sys of this machine.
+# Run a command inside the image tree at $1 (chroot), with a clean environment and no prompts.
 lab_chroot() {
     local mnt=$1
     shift
