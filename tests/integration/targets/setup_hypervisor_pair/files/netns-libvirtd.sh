@@ -6,6 +6,8 @@
 #   netns-libvirtd.sh exec a CMD...   run CMD inside hypervisor a's network namespace
 #   netns-libvirtd.sh qemu-without b FEATURE   give b's daemon a QEMU whose TCG lacks the x86 CPU FEATURE
 #   netns-libvirtd.sh qemu-restore b           give b's daemon the machine's QEMU again
+#   netns-libvirtd.sh cpu-map-without b MODEL  restart b's daemon with a libvirt CPU map that lacks MODEL
+#   netns-libvirtd.sh cpu-map-restore b        restart b's daemon with the machine's CPU map
 #
 # Each hypervisor is a libvirtd in its own network namespace (virtops-test-mig-a, -b, joined by a
 # veth pair: 10.254.77.1/24 and 10.254.77.2/24), its own mount namespace (its own /run/libvirt,
@@ -30,6 +32,11 @@
 # /usr/lib and /usr/libexec, because QEMU finds its firmware and modules relative to its own path.
 # libvirt probes QEMU again when the binary's ctime changes, so both commands take effect at the
 # daemon's next use; QEMUs already running are not touched.
+# An older libvirt on one hypervisor (cpu-map-without): libvirt learns CPU models from its CPU map
+# (/usr/share/libvirt/cpu_map), and one released before a model cannot run a guest that uses it. The
+# hypervisor's daemon is restarted (its guests keep running) with a copy of the map without the
+# model bind-mounted over the map in its mount namespace only; cpu-map-restore restarts it with the
+# machine's map.
 # Storage: $root/<name>/lib/images is each host's /var/lib/libvirt/images (not shared, with a
 # dir pool virtops-test-mig-images on it); $root/shared is the same directory on both hosts.
 set -euo pipefail
@@ -114,6 +121,7 @@ up_one() {
     mount --bind "$cache" /var/cache/libvirt
     mount --bind "$dir/log" /var/log/libvirt
     mount --bind "$dir/etc" /etc/libvirt
+    if [ -d "$dir/cpu_map" ]; then mount --bind "$dir/cpu_map" /usr/share/libvirt/cpu_map; fi
     exec libvirtd --daemon --listen --pid-file "$dir/libvirtd.pid"
   ' sh "$dir" "$cache/$name" "$name"
 }
@@ -243,6 +251,48 @@ SH
   echo "netns-libvirtd: hypervisor $name runs a QEMU without $feature"
 }
 
+# A new daemon in place of the running one (its guests keep running; it reconnects to them), in a
+# new mount namespace: a QEMU given by qemu-without is gone with the old one.
+restart_one() {
+  local name=$1 pid
+  pid=$(pid_of "$name")
+  kill "$pid"
+  for _ in $(seq 1 80); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.25
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "netns-libvirtd: hypervisor $name's daemon ($pid) did not stop within 20 s" >&2
+    return 1
+  fi
+  up_one "$name"
+  wait_one "$name"
+}
+
+cpu_map_without() {
+  local name=$1 model=$2 dir map=/usr/share/libvirt/cpu_map
+  case $model in
+    '' | *[!A-Za-z0-9_.-]*)
+      echo "netns-libvirtd: cpu-map-without needs a CPU model name (such as Nehalem)" >&2
+      return 2
+      ;;
+  esac
+  [ -f "$map/x86_$model.xml" ] || { echo "netns-libvirtd: libvirt has no CPU model $model ($map/x86_$model.xml)" >&2; return 2; }
+  dir="$root/$name"
+  rm -rf "$dir/cpu_map"
+  cp -a "$map" "$dir/cpu_map"
+  rm "$dir/cpu_map/x86_$model.xml"
+  sed -i "\\|<include filename='x86_$model.xml'/>|d" "$dir/cpu_map/index.xml"
+  restart_one "$name"
+  echo "netns-libvirtd: hypervisor $name's libvirt does not know the CPU model $model"
+}
+
+cpu_map_restore() {
+  rm -rf "$root/$1/cpu_map"
+  restart_one "$1"
+  echo "netns-libvirtd: hypervisor $1's libvirt has the machine's CPU map"
+}
+
 qemu_restore() {
   local name=$1 pid qemu
   pid=$(pid_of "$name")
@@ -263,8 +313,10 @@ case "${1:-}" in
     ;;
   qemu-without) qemu_without "${2:?qemu-without needs a or b}" "${3:-}" ;;
   qemu-restore) qemu_restore "${2:?qemu-restore needs a or b}" ;;
+  cpu-map-without) cpu_map_without "${2:?cpu-map-without needs a or b}" "${3:-}" ;;
+  cpu-map-restore) cpu_map_restore "${2:?cpu-map-restore needs a or b}" ;;
   *)
-    echo "usage: $0 up|down|exec a|b CMD...|qemu-without a|b FEATURE|qemu-restore a|b" >&2
+    echo "usage: $0 up|down|exec a|b CMD...|qemu-without a|b FEATURE|qemu-restore a|b|cpu-map-without a|b MODEL|cpu-map-restore a|b" >&2
     exit 2
     ;;
 esac
