@@ -51,6 +51,14 @@ DEFAULT_CMDLINE = "console=ttyS0 reboot=t panic=-1"
 # the timer check and the clocksource watchdog are what make a TCG guest slow when the host is
 # loaded (docs/benchmarks.md, P3).
 TCG_CMDLINE = ("tsc=reliable", "no_timer_check")
+# Under TCG the guest's TSC runs at the host's TSC rate, but a loaded host makes the guest kernel's PIT
+# calibration fail ("tsc: Unable to calibrate against PIT", "No reference (HPET/PMTIMER) available"): microvm
+# has neither HPET nor an ACPI PM timer to fall back on, and the boot hangs (6 of 10 boots on a loaded 2-CPU
+# host, docs/benchmarks.md P3). tsc_early_khz= skips the calibration. The host's rate is read from
+# /proc/cpuinfo only where it is the TSC's: constant_tsc and no cpufreq driver (then "cpu MHz" is cpu_khz,
+# fixed at boot, so the unit file stays the same from run to run).
+CPUINFO = "/proc/cpuinfo"
+CPUFREQ_DIR = "/sys/devices/system/cpu/cpu0/cpufreq"
 POWERDOWN_REPEAT = 15
 
 
@@ -137,6 +145,7 @@ def validate(fs, params):
     cfg["binary"] = find_binary(fs, params.get("binary"), cfg["accel"])
     cfg["cpu"] = _qemu_value(params["cpu"], "cpu") if params.get("cpu") else None
     cfg["tcg_cmdline"] = bool(params.get("tcg_cmdline", True))
+    cfg["tsc_khz"] = host_tsc_khz(fs) if cfg["tcg_cmdline"] and cfg["accel"][0] == "tcg" else None
     cfg["disks"] = _disks(fs, params.get("disks") or [])
     cfg["interfaces"] = _interfaces(name, params.get("interfaces") or [])
     cfg["filesystems"] = _filesystems(fs, params.get("filesystems") or [])
@@ -223,10 +232,25 @@ def machine_option(cfg):
     return ",".join(parts)
 
 
+def host_tsc_khz(fs):
+    """The host's TSC rate in kHz when /proc/cpuinfo gives it reliably (see CPUINFO above), else ``None``."""
+    if fs.isdir(CPUFREQ_DIR):
+        return None
+    text = fs.read(CPUINFO, default="") or ""
+    flags = re.search(r"^flags\s*:(.*)$", text, re.M)
+    mhz = re.search(r"^cpu MHz\s*:\s*([0-9]+(?:\.[0-9]+)?)\s*$", text, re.M)
+    if not flags or "constant_tsc" not in flags.group(1).split() or not mhz:
+        return None
+    khz = round(float(mhz.group(1)) * 1000)
+    return khz if khz > 0 else None
+
+
 def effective_cmdline(cfg):
     words = cfg["cmdline"].split()
     if cfg["tcg_cmdline"] and cfg["accel"][0] == "tcg":
         words += [w for w in TCG_CMDLINE if w not in words]
+        if cfg.get("tsc_khz") and not any(w.startswith("tsc_early_khz=") for w in words):
+            words.append("tsc_early_khz=%d" % cfg["tsc_khz"])
     return " ".join(words)
 
 
