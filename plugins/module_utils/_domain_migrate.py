@@ -501,7 +501,8 @@ def ensure_domain_migrate(backends, params, check_mode, open_dest=open_client):
     try:
         dclient = open_dest(params["dest_uri"])
     except VirtopsError as exc:
-        raise type(exc)("cannot reach the destination %s: %s%s; nothing was changed" % (params["dest_uri"], exc.msg, tls_hint(params["dest_uri"], exc.msg))) from exc
+        hint = tls_hint(params["dest_uri"], exc.msg)
+        raise type(exc)("cannot reach the destination %s: %s%s; nothing was changed" % (params["dest_uri"], exc.msg, hint)) from exc
     try:
         return _ensure(client, dclient, name, params, check_mode)
     finally:

@@ -202,7 +202,6 @@ def test_unreachable_destination_bad_input():
         dm.ensure_domain_migrate(Backends(), params(), False, open_dest=open_dest)
 
 
-
 def test_tls_bad_input_certificate_without_the_uri_name():
     from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
 
@@ -246,8 +245,9 @@ def test_tls_hint(uri, message, expected):
         ("qemu+tls://10.0.0.2/system", None),
     ],
 )
-def test_tls_hint_default_none(uri, message):
+def test_tls_hint_none_for_other_failures(uri, message):
     assert dm.tls_hint(uri, message) == ""
+
 
 # ---------------------------------------------------------------------------------------------
 # The CPU check. libvirt's test driver has neither getDomainCapabilities nor compareHypervisorCPU,
