@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from copy import deepcopy
+from urllib.parse import parse_qs, urlsplit
 
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import ACTIVE_STATES, state_of
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
@@ -68,6 +69,20 @@ FLAG_NAMES = (
 # ---------------------------------------------------------------------------------------------
 # What is asked
 # ---------------------------------------------------------------------------------------------
+
+
+def tls_hint(uri, message):
+    """What to check when a qemu+tls connection failed on a certificate (libvirt's own text names no cause)."""
+    if not uri.startswith("qemu+tls") or "certificate" not in (message or "").lower():
+        return ""
+    parts = urlsplit(uri)
+    pkipath = parse_qs(parts.query).get("pkipath", [None])[0]
+    ca_file = "%s/cacert.pem" % pkipath.rstrip("/") if pkipath else "/etc/pki/CA/cacert.pem (~/.pki/libvirt/cacert.pem for other users than root)"
+    return (
+        " (with qemu+tls the destination's server certificate must name %s among its subjectAltName names and be signed by the CA in %s,"
+        " and the client certificate next to it must be signed by a CA the destination trusts; libvirt logs which check failed as a warning;"
+        " the kvm_host role's kvm_host_migration_tls_names sets the names)" % (parts.hostname or "the URI's host", ca_file)
+    )
 
 
 def validate(params):
@@ -486,7 +501,8 @@ def ensure_domain_migrate(backends, params, check_mode, open_dest=open_client):
     try:
         dclient = open_dest(params["dest_uri"])
     except VirtopsError as exc:
-        raise type(exc)("cannot reach the destination %s: %s; nothing was changed" % (params["dest_uri"], exc.msg)) from exc
+        hint = tls_hint(params["dest_uri"], exc.msg)
+        raise type(exc)("cannot reach the destination %s: %s%s; nothing was changed" % (params["dest_uri"], exc.msg, hint)) from exc
     try:
         return _ensure(client, dclient, name, params, check_mode)
     finally:

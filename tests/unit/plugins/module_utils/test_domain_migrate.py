@@ -202,6 +202,53 @@ def test_unreachable_destination_bad_input():
         dm.ensure_domain_migrate(Backends(), params(), False, open_dest=open_dest)
 
 
+def test_tls_bad_input_certificate_without_the_uri_name():
+    from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
+
+    # libvirt 9.0's text when the destination's certificate does not name the URI's host
+    def open_dest(uri):
+        raise LibvirtError("authentication failed: Failed to verify peer's certificate")
+
+    class Backends:
+        libvirt = object()
+
+    uri = "qemu+tls://10.0.0.12/system?pkipath=/srv/pki/a"
+    with pytest.raises(LibvirtError) as info:
+        dm.ensure_domain_migrate(Backends(), params(dest_uri=uri), False, open_dest=open_dest)
+    msg = info.value.msg
+    assert msg.startswith("cannot reach the destination %s: authentication failed: Failed to verify peer's certificate (" % uri)
+    assert "must name 10.0.0.12 among its subjectAltName names" in msg
+    assert "signed by the CA in /srv/pki/a/cacert.pem" in msg
+    assert msg.endswith("; nothing was changed")
+
+
+@pytest.mark.parametrize(
+    "uri, message, expected",
+    [
+        ("qemu+tls://hv2.example/system", "Failed to verify peer's certificate", "must name hv2.example among"),
+        ("qemu+tls://hv2.example/system", "Failed to verify peer's certificate", "the CA in /etc/pki/CA/cacert.pem"),
+        ("qemu+tls://[fd00::2]:16515/system?pkipath=/p/", "Certificate has expired", "must name fd00::2 among"),
+        ("qemu+tls://[fd00::2]:16515/system?pkipath=/p/", "Certificate has expired", "the CA in /p/cacert.pem,"),
+    ],
+)
+def test_tls_hint(uri, message, expected):
+    assert expected in dm.tls_hint(uri, message)
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        # another transport, or a TLS failure that is not about a certificate: no hint
+        ("qemu+tcp://10.0.0.2/system", "Failed to verify peer's certificate"),
+        ("qemu+ssh://10.0.0.2/system", "certificate"),
+        ("qemu+tls://10.0.0.2/system", "unable to connect to server at '10.0.0.2:16514': No route to host"),
+        ("qemu+tls://10.0.0.2/system", None),
+    ],
+)
+def test_tls_hint_none_for_other_failures(uri, message):
+    assert dm.tls_hint(uri, message) == ""
+
+
 # ---------------------------------------------------------------------------------------------
 # The CPU check. libvirt's test driver has neither getDomainCapabilities nor compareHypervisorCPU,
 # so a connection that answers as libvirt 9.0 does (the capabilities and error texts below are

@@ -8,11 +8,13 @@
 #   netns-libvirtd.sh qemu-restore b           give b's daemon the machine's QEMU again
 #   netns-libvirtd.sh cpu-map-without b MODEL  restart b's daemon with a libvirt CPU map that lacks MODEL
 #   netns-libvirtd.sh cpu-map-restore b        restart b's daemon with the machine's CPU map
+#   netns-libvirtd.sh restart b                restart b's daemon: it reads its configuration again
 #
 # Each hypervisor is a libvirtd in its own network namespace (virtops-test-mig-a, -b, joined by a
 # veth pair: 10.254.77.1/24 and 10.254.77.2/24), its own mount namespace (its own /run/libvirt,
 # /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt and /etc/libvirt, bind-mounted from
-# $root/<name>) and its own UTS namespace (hostname virtops-test-mig-<name>). Each has its own
+# $root/<name>; /etc/libvirt is $root/<name>/root/etc/libvirt, so modules with a root option, such as
+# libvirt_config, edit it with root=$root/<name>/root) and its own UTS namespace (hostname virtops-test-mig-<name>). Each has its own
 # host UUID, listens on TCP (no auth) on its veth address only, and receives migrations on that
 # address, so the migration stream never leaves the veth pair. QEMU runs as root without a
 # security driver, cgroups or virtlogd (the serial and stdio logs are plain files).
@@ -37,6 +39,8 @@
 # hypervisor's daemon is restarted (its guests keep running) with a copy of the map without the
 # model bind-mounted over the map in its mount namespace only; cpu-map-restore restarts it with the
 # machine's map.
+# Restarts (restart, cpu-map-*) keep the configuration as it is: what a test wrote into it (TLS
+# settings) stays; it is written fresh only by up.
 # Storage: $root/<name>/lib/images is each host's /var/lib/libvirt/images (not shared, with a
 # dir pool virtops-test-mig-images on it); $root/shared is the same directory on both hosts.
 set -euo pipefail
@@ -72,13 +76,13 @@ down() {
 }
 
 write_config() {
-  local name=$1 dir=$2 addr
+  local name=$1 dir=$2/root/etc/libvirt addr
   addr=$(addr_of "$name")
-  mkdir -p "$dir/etc/qemu" "$dir/etc/storage" "$dir/etc/secrets" "$dir/etc/nwfilter"
+  mkdir -p "$dir/qemu" "$dir/storage" "$dir/secrets" "$dir/nwfilter"
   # Only the daemon configuration is copied: no guests, networks, pools or secrets of the system
   # daemon come along.
-  cp /etc/libvirt/libvirt.conf "$dir/etc/" 2>/dev/null || true
-  cat > "$dir/etc/libvirtd.conf" <<EOF
+  cp /etc/libvirt/libvirt.conf "$dir/" 2>/dev/null || true
+  cat > "$dir/libvirtd.conf" <<EOF
 # private test hypervisor $name (netns-libvirtd.sh)
 listen_tls = 0
 listen_tcp = 1
@@ -90,7 +94,7 @@ unix_sock_rw_perms = "0770"
 host_uuid = "$(uuid_of "$name")"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
-  cat > "$dir/etc/qemu.conf" <<EOF
+  cat > "$dir/qemu.conf" <<EOF
 # private test hypervisor $name (netns-libvirtd.sh)
 user = "root"
 group = "root"
@@ -108,8 +112,8 @@ up_one() {
   local name=$1 ns dir
   ns=$(ns_of "$name")
   dir="$root/$name"
-  mkdir -p "$dir"/{run,lib/images,lib/qemu,log/qemu,etc} "$cache/$name"
-  write_config "$name" "$dir"
+  mkdir -p "$dir"/{run,lib/images,lib/qemu,log/qemu} "$cache/$name"
+  [ -f "$dir/root/etc/libvirt/libvirtd.conf" ] || write_config "$name" "$dir"
   # The daemon: a new mount namespace (private propagation) inside the network namespace; the
   # bind mounts exist only there.
   # shellcheck disable=SC2016  # the script is expanded by the inner sh, with its own arguments
@@ -120,7 +124,7 @@ up_one() {
     mount --bind "$dir/lib" /var/lib/libvirt
     mount --bind "$cache" /var/cache/libvirt
     mount --bind "$dir/log" /var/log/libvirt
-    mount --bind "$dir/etc" /etc/libvirt
+    mount --bind "$dir/root/etc/libvirt" /etc/libvirt
     if [ -d "$dir/cpu_map" ]; then mount --bind "$dir/cpu_map" /usr/share/libvirt/cpu_map; fi
     exec libvirtd --daemon --listen --pid-file "$dir/libvirtd.pid"
   ' sh "$dir" "$cache/$name" "$name"
@@ -315,8 +319,9 @@ case "${1:-}" in
   qemu-restore) qemu_restore "${2:?qemu-restore needs a or b}" ;;
   cpu-map-without) cpu_map_without "${2:?cpu-map-without needs a or b}" "${3:-}" ;;
   cpu-map-restore) cpu_map_restore "${2:?cpu-map-restore needs a or b}" ;;
+  restart) restart_one "${2:?restart needs a or b}"; echo "netns-libvirtd: hypervisor $2's daemon restarted" ;;
   *)
-    echo "usage: $0 up|down|exec a|b CMD...|qemu-without a|b FEATURE|qemu-restore a|b|cpu-map-without a|b MODEL|cpu-map-restore a|b" >&2
+    echo "usage: $0 up|down|exec a|b CMD...|qemu-without a|b FEATURE|qemu-restore a|b|cpu-map-without a|b MODEL|cpu-map-restore a|b|restart a|b" >&2
     exit 2
     ;;
 esac
