@@ -23,7 +23,7 @@ import socket
 import time
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import CommandError, HostError, ValidationError
-from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import read_raw
+from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import cpuinfo_first, read_raw
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import validate_path
 
 UNIT_DIR = "/etc/systemd/system"
@@ -57,7 +57,6 @@ TCG_CMDLINE = ("tsc=reliable", "no_timer_check")
 # host, docs/benchmarks.md P3). tsc_early_khz= skips the calibration. The host's rate is read from
 # /proc/cpuinfo only where it is the TSC's: constant_tsc and no cpufreq driver (then "cpu MHz" is cpu_khz,
 # fixed at boot, so the unit file stays the same from run to run).
-CPUINFO = "/proc/cpuinfo"
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpu0/cpufreq"
 POWERDOWN_REPEAT = 15
 
@@ -233,15 +232,16 @@ def machine_option(cfg):
 
 
 def host_tsc_khz(fs):
-    """The host's TSC rate in kHz when /proc/cpuinfo gives it reliably (see CPUINFO above), else ``None``."""
+    """The host's TSC rate in kHz when /proc/cpuinfo gives it reliably (see CPUFREQ_DIR above), else ``None``."""
     if fs.isdir(CPUFREQ_DIR):
         return None
-    text = fs.read(CPUINFO, default="") or ""
-    flags = re.search(r"^flags\s*:(.*)$", text, re.M)
-    mhz = re.search(r"^cpu MHz\s*:\s*([0-9]+(?:\.[0-9]+)?)\s*$", text, re.M)
-    if not flags or "constant_tsc" not in flags.group(1).split() or not mhz:
+    info = cpuinfo_first(fs)
+    if "constant_tsc" not in info.get("flags", "").split():
         return None
-    khz = round(float(mhz.group(1)) * 1000)
+    try:
+        khz = round(float(info.get("cpu MHz", "")) * 1000)
+    except ValueError:
+        return None
     return khz if khz > 0 else None
 
 
