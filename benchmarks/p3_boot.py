@@ -210,12 +210,11 @@ def section(rows, runs, tsc_khz, timeout):
         "Timer calibration: microvm has no HPET and no ACPI PM timer, so the PIT is the kernel's only reference for the",
         "TSC. Without it (`pit=off`) the kernel logs `tsc: Unable to calibrate against PIT` and `No reference",
         "(HPET/PMTIMER) available`, and the boot does not reach the ready line. With the PIT the fast calibration",
-        "usually succeeds; on a loaded host it can fail the same way and the boot slows down. What a user changes to",
-        "make calibration deterministic under TCG: `tsc_early_khz=<host TSC kHz>` on the kernel command line (%s kHz" % (tsc_khz or "the"),
-        "here, from `tsc: Detected ... MHz`), or `lpj=<value a previous boot printed>` to skip the delay-loop",
-        "calibration; `quiet` saves the console output; under KVM kvm-clock makes all of it unnecessary. The module's",
-        "defaults: PIT, PIC, RTC, ISA serial and ACPI (for `system_powerdown`) on, and `tsc=reliable no_timer_check`",
-        "appended under TCG (no clocksource watchdog or timer check on a host whose load skews them).",
+        "usually succeeds; on a loaded host it can fail the same way, and then the boot hangs. `tsc_early_khz=<host TSC",
+        "kHz>` on the kernel command line (%s kHz here, from `tsc: Detected ... MHz`) skips the calibration; `quiet`" % (tsc_khz or "the"),
+        "saves the console output; under KVM kvm-clock makes all of it unnecessary. The module's defaults: PIT, PIC, RTC,",
+        "ISA serial and ACPI (for `system_powerdown`) on, and under TCG `tsc=reliable no_timer_check` plus `tsc_early_khz=`",
+        "with the host's TSC rate where /proc/cpuinfo gives it (`constant_tsc`, no cpufreq driver).",
         "",
     ]
     return "\n".join(lines)

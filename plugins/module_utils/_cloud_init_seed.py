@@ -252,7 +252,7 @@ class VolumeTarget:
         if not self.pool.isActive():
             raise ValidationError("storage pool %r is not active; start it first (virtops.kvm.pool state=active)" % pool_name)
         self.pool_name = pool_name
-        client.call("cannot refresh pool %s" % pool_name, self.pool.refresh, 0)
+        client.refresh_pool(self.pool, pool_name)
         self.volume = client.lookup_volume(self.pool, volume_name)
         self.created = False
 

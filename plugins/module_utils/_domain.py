@@ -234,11 +234,24 @@ def pending_restart(client, dom, intent=None):
             return False
     with translated("cannot read the live XML of guest %s" % dom.name()):
         live = parse_xml(dom.XMLDesc(VIR_DOMAIN_XML_SECURE), "libvirt's live XML")
+    _firmware_resolved(intent, live)
     merged = three_way_merge(intent, live, read_last_applied(live), equal=live_equivalence(machine_aliases(client.conn)))
     if given:
         return not xml_equal(merged, live)
     # the stored intent holds placeholders, not the secret values: compare everything else
     return not xml_equal(mask_secrets(merged), mask_secrets(live))
+
+
+def _firmware_resolved(intent, live):
+    """Firmware autoselection (``<os firmware='efi'>``) as the running guest shows it: libvirt resolves it at
+    start into an explicit ``<loader>``/``<nvram>`` and drops the attribute from the live XML. The live
+    ``<os>`` then counts as having the firmware the intent asks for, or every UEFI guest would look as if it
+    needed a restart."""
+    wanted, have = intent.find("os"), live.find("os")
+    if wanted is None or have is None or not wanted.get("firmware") or have.get("firmware"):
+        return
+    if (have.findtext("loader") or "").strip():
+        have.set("firmware", wanted.get("firmware"))
 
 
 def describe(dom, pending=False):

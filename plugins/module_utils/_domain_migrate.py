@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from copy import deepcopy
+from urllib.parse import parse_qs, urlsplit
 
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_state import ACTIVE_STATES, state_of
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError, VirtopsError
@@ -25,6 +27,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
     VIR_DOMAIN_JOB_STATS_COMPLETED,
     VIR_DOMAIN_XML_MIGRATABLE,
     VIR_ERR_CPU_INCOMPATIBLE,
+    VIR_FROM_CPU,
     VIR_MIGRATE_ABORT_ON_ERROR,
     VIR_MIGRATE_AUTO_CONVERGE,
     VIR_MIGRATE_COMPRESSED,
@@ -41,7 +44,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
     VIR_NODE_MEMORY_STATS_ALL_CELLS,
     open_client,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, to_string
+from ansible_collections.virtops.kvm.plugins.module_utils._xml import etree, parse_xml, to_string
 
 URI_SCHEMES = ("qemu+ssh://", "qemu+tls://", "qemu+tcp://")
 # How often the watcher reads the job's statistics while the migration runs (seconds).
@@ -66,6 +69,20 @@ FLAG_NAMES = (
 # ---------------------------------------------------------------------------------------------
 # What is asked
 # ---------------------------------------------------------------------------------------------
+
+
+def tls_hint(uri, message):
+    """What to check when a qemu+tls connection failed on a certificate (libvirt's own text names no cause)."""
+    if not uri.startswith("qemu+tls") or "certificate" not in (message or "").lower():
+        return ""
+    parts = urlsplit(uri)
+    pkipath = parse_qs(parts.query).get("pkipath", [None])[0]
+    ca_file = "%s/cacert.pem" % pkipath.rstrip("/") if pkipath else "/etc/pki/CA/cacert.pem (~/.pki/libvirt/cacert.pem for other users than root)"
+    return (
+        " (with qemu+tls the destination's server certificate must name %s among its subjectAltName names and be signed by the CA in %s,"
+        " and the client certificate next to it must be signed by a CA the destination trusts; libvirt logs which check failed as a warning;"
+        " the kvm_host role's kvm_host_migration_tls_names sets the names)" % (parts.hostname or "the URI's host", ca_file)
+    )
 
 
 def validate(params):
@@ -181,8 +198,31 @@ def disk_paths(root):
     return found
 
 
-def check_cpu(dclient, root):
-    """``None`` when the destination can run the guest's CPU, else the reason."""
+def _domcaps(client, arch, machine, virttype, whose):
+    return parse_xml(client.call("cannot read the %s's domain capabilities" % whose, client.conn.getDomainCapabilities, None, arch, machine, virttype, 0))
+
+
+def offered_cpu(caps):
+    """The host-model CPU that domain capabilities offer, as a ``<cpu mode='custom'>`` element, or ``None``."""
+    mode = caps.find("cpu/mode[@name='host-model']")
+    if mode is None or mode.get("supported") != "yes" or mode.find("model") is None:
+        return None
+    cpu = etree.Element("cpu", mode="custom", match="exact")
+    for child in mode:
+        if child.tag in ("model", "vendor", "feature"):
+            cpu.append(deepcopy(child))
+    return cpu
+
+
+def check_cpu(dclient, root, sclient=None):
+    """``(problem, note)``: ``problem`` is ``None`` when the destination can run the guest's CPU.
+
+    A custom CPU (what libvirt makes of host-model too) is compared with what the destination's
+    hypervisor offers (``compareHypervisorCPU``). A host-passthrough or maximum CPU is whatever the
+    source's hypervisor gives the guest: the destination must offer the mode, and what the source
+    offers (its host-model CPU) must pass the same comparison at the destination, or the guest would
+    lose features under its feet (libvirt does not check this for these modes).
+    """
     cpu = root.find("cpu")
     os_type = root.find("os/type")
     arch = os_type.get("arch") if os_type is not None else None
@@ -190,24 +230,33 @@ def check_cpu(dclient, root):
     virttype = root.get("type")
     mode = cpu.get("mode", "custom") if cpu is not None else None
     if cpu is None or (mode == "custom" and cpu.find("model") is None and not cpu.findall("feature")):
-        return None
-    caps = parse_xml(dclient.call("cannot read the destination's domain capabilities", dclient.conn.getDomainCapabilities, None, arch, machine, virttype, 0))
-    if mode == "host-passthrough":
-        supported = caps.find("cpu/mode[@name='host-passthrough']")
+        return None, "CPU: no CPU model given, nothing to compare"
+    what = "the guest's CPU"
+    compared = cpu
+    if mode in ("host-passthrough", "maximum"):
+        caps = _domcaps(dclient, arch, machine, virttype, "destination")
+        supported = caps.find("cpu/mode[@name='%s']" % mode)
         if supported is None or supported.get("supported") != "yes":
-            return "the guest's CPU is host-passthrough, which the destination does not offer for %s guests" % virttype
-        return None
+            return "the guest's CPU is %s, which the destination does not offer for %s guests" % (mode, virttype), None
+        compared = offered_cpu(_domcaps(sclient, arch, machine, virttype, "source")) if sclient is not None else None
+        if compared is None:
+            return None, "CPU: %s, offered by the destination (the source's CPU is not known to libvirt, so it is not compared)" % mode
+        what = "the guest's CPU (%s: what the source's hypervisor offers)" % mode
     try:
-        result = dclient.conn.compareHypervisorCPU(None, arch, machine, virttype, to_string(cpu, pretty=False), VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
+        result = dclient.conn.compareHypervisorCPU(None, arch, machine, virttype, to_string(compared, pretty=False), VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
     except Exception as exc:  # libvirt.libvirtError; libvirt may be absent in unit tests
         code = getattr(exc, "get_error_code", lambda: None)()
+        origin = getattr(exc, "get_error_domain", lambda: None)()
         text = _text_of(exc)
-        if code == VIR_ERR_CPU_INCOMPATIBLE:
-            return "the guest's CPU is not compatible with the destination: %s" % text
+        # VIR_FROM_CPU: the destination's CPU driver judged the definition (a model or feature it does not know)
+        if code == VIR_ERR_CPU_INCOMPATIBLE or origin == VIR_FROM_CPU:
+            return "%s is not compatible with the destination: %s" % (what, text), None
         raise LibvirtError("cannot compare the guest's CPU with the destination's: %s" % text, code=code) from exc
     if result == VIR_CPU_COMPARE_INCOMPATIBLE:
-        return "the guest's CPU is not compatible with the destination"
-    return None
+        return "%s is not compatible with the destination" % what, None
+    if mode in ("host-passthrough", "maximum"):
+        return None, "CPU: %s, what the source offers is compatible with the destination" % mode
+    return None, "CPU: compatible with the destination"
 
 
 def _text_of(exc):
@@ -270,17 +319,17 @@ def check_memory(dclient, root):
     return None, free_kib // 1024
 
 
-def preflight(dom, dclient, params):
+def preflight(dom, dclient, params, sclient=None):
     """Check what the destination needs; returns the notes, raises :class:`ValidationError` with every problem."""
     xml = dom.XMLDesc(VIR_DOMAIN_XML_MIGRATABLE)
     root = parse_xml(xml, "the guest's XML")
     problems, notes = [], []
     if not params["offline"]:
-        cpu_problem = check_cpu(dclient, root)
+        cpu_problem, cpu_note = check_cpu(dclient, root, sclient)
         if cpu_problem:
             problems.append(cpu_problem)
         else:
-            notes.append("CPU: compatible with the destination")
+            notes.append(cpu_note)
         memory_problem, free_mib = check_memory(dclient, root)
         if memory_problem:
             problems.append(memory_problem)
@@ -452,7 +501,8 @@ def ensure_domain_migrate(backends, params, check_mode, open_dest=open_client):
     try:
         dclient = open_dest(params["dest_uri"])
     except VirtopsError as exc:
-        raise type(exc)("cannot reach the destination %s: %s; nothing was changed" % (params["dest_uri"], exc.msg)) from exc
+        hint = tls_hint(params["dest_uri"], exc.msg)
+        raise type(exc)("cannot reach the destination %s: %s%s; nothing was changed" % (params["dest_uri"], exc.msg, hint)) from exc
     try:
         return _ensure(client, dclient, name, params, check_mode)
     finally:
@@ -467,7 +517,7 @@ def _ensure(client, dclient, name, params, check_mode):
     result = dict(changed=False, action="none", flags=flag_names, checks=[], stats=None, source_state=src_state, destination_state=dst_state)
     if action == "none":
         return result
-    checks = preflight(dom, dclient, params)
+    checks = preflight(dom, dclient, params, client)
     src_after, dst_after = _predicted_after(dom, src_state, params)
     result.update(changed=True, action="migrated", checks=checks)
     diff = dict(before=_describe(src_state, dst_state), before_header=name, after_header=name)

@@ -212,3 +212,17 @@ def apply_files(fs, wanted):
         elif fs.write_atomic(path, encode_raw(content), mode=0o644):
             changed.append(path)
     return changed
+
+
+def cpuinfo_first(fs):
+    """Key/values of the first processor block of /proc/cpuinfo."""
+    info = {}
+    for line in fs.read_lines("/proc/cpuinfo"):
+        if not line.strip():
+            if info:
+                break
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            info.setdefault(key.strip(), value.strip())
+    return info

@@ -14,7 +14,15 @@ import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _libvirt
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
-from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import NODES, gather_apparmor, gather_hugepages, gather_ksm, node_ids, tristate
+from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import (
+    NODES,
+    cpuinfo_first,
+    gather_apparmor,
+    gather_hugepages,
+    gather_ksm,
+    node_ids,
+    tristate,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._pci import PCI_DEVICES, int_or_none, pci_device, vf_addresses
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml
 
@@ -28,23 +36,9 @@ SLOW_LIBVIRT = (
 )
 
 
-# -- /proc/cpuinfo -----------------------------------------------------------------------------
-def _cpuinfo_first(fs):
-    """Key/values of the first processor block of /proc/cpuinfo."""
-    info = {}
-    for line in fs.read_lines("/proc/cpuinfo"):
-        if not line.strip():
-            if info:
-                break
-            continue
-        key, sep, value = line.partition(":")
-        if sep:
-            info.setdefault(key.strip(), value.strip())
-    return info
-
-
+# -- /proc/cpuinfo (cpuinfo_first is in _host_facts) ---------------------------------------------
 def gather_cpu(fs):
-    info = _cpuinfo_first(fs)
+    info = cpuinfo_first(fs)
     flags = set(info.get("flags", "").split())
     phys = virt = None
     match = re.match(r"(\d+) bits physical, (\d+) bits virtual", info.get("address sizes", ""))

@@ -107,6 +107,7 @@ VIR_ERR_NO_SECRET = 66
 VIR_ERR_OPERATION_TIMEOUT = 68
 VIR_ERR_NO_DOMAIN_SNAPSHOT = 72
 VIR_ERR_CPU_INCOMPATIBLE = 91
+VIR_FROM_CPU = 31
 
 # libvirt error codes that mean "no such object".
 _NOT_FOUND_CODES = {
@@ -179,6 +180,7 @@ class LibvirtClient:
     def __init__(self, conn, uri=None):
         self.conn = conn
         self.uri = uri or conn.getURI()
+        self._refreshed = set()
 
     @classmethod
     def open(cls, uri, read_only=False):
@@ -234,6 +236,14 @@ class LibvirtClient:
             if exc.get_error_code() == _NOT_FOUND_CODES["secret"]:
                 return None
             raise error_from_libvirt(exc, "cannot look up secret %r" % usage_id) from exc
+
+    def refresh_pool(self, pool, name):
+        """Refresh ``pool`` (re-read its directory) once per connection, so that a batch of entries on one
+        pool costs one refresh; what this connection changes afterwards, libvirt tracks itself, and a
+        step that writes a volume behind libvirt's back refreshes again with ``pool.refresh``."""
+        if name not in self._refreshed:
+            self.call("cannot refresh pool %s" % name, pool.refresh, 0)
+            self._refreshed.add(name)
 
     def call(self, action, func, *args):
         """Run ``func(*args)``; a libvirt error becomes :class:`LibvirtError` prefixed by ``action``."""

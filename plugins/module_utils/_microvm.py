@@ -23,7 +23,7 @@ import socket
 import time
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import CommandError, HostError, ValidationError
-from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import read_raw
+from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import cpuinfo_first, read_raw
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import validate_path
 
 UNIT_DIR = "/etc/systemd/system"
@@ -51,6 +51,13 @@ DEFAULT_CMDLINE = "console=ttyS0 reboot=t panic=-1"
 # the timer check and the clocksource watchdog are what make a TCG guest slow when the host is
 # loaded (docs/benchmarks.md, P3).
 TCG_CMDLINE = ("tsc=reliable", "no_timer_check")
+# Under TCG the guest's TSC runs at the host's TSC rate, but a loaded host makes the guest kernel's PIT
+# calibration fail ("tsc: Unable to calibrate against PIT", "No reference (HPET/PMTIMER) available"): microvm
+# has neither HPET nor an ACPI PM timer to fall back on, and the boot hangs (6 of 10 boots on a loaded 2-CPU
+# host, docs/benchmarks.md P3). tsc_early_khz= skips the calibration. The host's rate is read from
+# /proc/cpuinfo only where it is the TSC's: constant_tsc and no cpufreq driver (then "cpu MHz" is cpu_khz,
+# fixed at boot, so the unit file stays the same from run to run).
+CPUFREQ_DIR = "/sys/devices/system/cpu/cpu0/cpufreq"
 POWERDOWN_REPEAT = 15
 
 
@@ -137,6 +144,7 @@ def validate(fs, params):
     cfg["binary"] = find_binary(fs, params.get("binary"), cfg["accel"])
     cfg["cpu"] = _qemu_value(params["cpu"], "cpu") if params.get("cpu") else None
     cfg["tcg_cmdline"] = bool(params.get("tcg_cmdline", True))
+    cfg["tsc_khz"] = host_tsc_khz(fs) if cfg["tcg_cmdline"] and cfg["accel"][0] == "tcg" else None
     cfg["disks"] = _disks(fs, params.get("disks") or [])
     cfg["interfaces"] = _interfaces(name, params.get("interfaces") or [])
     cfg["filesystems"] = _filesystems(fs, params.get("filesystems") or [])
@@ -223,10 +231,26 @@ def machine_option(cfg):
     return ",".join(parts)
 
 
+def host_tsc_khz(fs):
+    """The host's TSC rate in kHz when /proc/cpuinfo gives it reliably (see CPUFREQ_DIR above), else ``None``."""
+    if fs.isdir(CPUFREQ_DIR):
+        return None
+    info = cpuinfo_first(fs)
+    if "constant_tsc" not in info.get("flags", "").split():
+        return None
+    try:
+        khz = round(float(info.get("cpu MHz", "")) * 1000)
+    except ValueError:
+        return None
+    return khz if khz > 0 else None
+
+
 def effective_cmdline(cfg):
     words = cfg["cmdline"].split()
     if cfg["tcg_cmdline"] and cfg["accel"][0] == "tcg":
         words += [w for w in TCG_CMDLINE if w not in words]
+        if cfg.get("tsc_khz") and not any(w.startswith("tsc_early_khz=") for w in words):
+            words.append("tsc_early_khz=%d" % cfg["tsc_khz"])
     return " ".join(words)
 
 

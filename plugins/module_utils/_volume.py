@@ -166,7 +166,7 @@ def _lookup_pool(client, params):
         raise ValidationError("pool %s does not exist; define it first (virtops.kvm.pool) or fix the pool name" % params["pool"])
     if not pool.isActive():
         raise ValidationError("pool %s is not active, so its volumes cannot be read; start it (virtops.kvm.pool state=active)" % params["pool"])
-    client.call("cannot refresh pool %s" % params["pool"], pool.refresh, 0)
+    client.refresh_pool(pool, params["pool"])
     return pool
 
 

@@ -14,10 +14,14 @@ description:
   - Idempotent. A guest already running at the destination and absent or only defined at the source is
     left alone (V(ok)); with O(offline=true), a guest defined at the destination is.
   - Before anything changes (and in check mode, which stops there), the destination is checked. It must be
-    reachable. The guest's CPU must pass libvirt's CPU comparison against the destination's domain
-    capabilities. Each disk must be present at the destination (in a storage pool that covers its directory),
-    or O(copy_storage) must be requested with such a pool to create the copy in. The destination must have
-    the guest's memory free. Every problem found is in the message and nothing is changed.
+    reachable. The guest's CPU must pass libvirt's CPU comparison against what the destination's hypervisor
+    offers (a CPU model or feature the destination's libvirt does not know counts as incompatible). A
+    host-passthrough or maximum CPU is what the source's hypervisor offers, so the destination must offer that
+    mode, and the source's host-model CPU must pass the same comparison there (libvirt itself would move such a
+    guest to a host with fewer CPU features, which the guest would lose while it runs). Each disk must be present
+    at the destination (in a storage pool that covers its directory), or O(copy_storage) must be requested with
+    such a pool to create the copy in. The destination must have the guest's memory free. Every problem found
+    is in the message and nothing is changed.
   - A guest running at both ends, a live migration of a stopped guest and an offline migration of a running
     one are refused with a message.
   - A failed migration leaves the guest at the source (libvirt aborts it); the message says its state there.

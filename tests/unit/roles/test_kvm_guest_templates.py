@@ -244,6 +244,15 @@ def test_whole_list_errors_before_anything_changes(tmp_path):
     assert errors == expected
 
 
+def test_guests_without_volumes_need_no_pool(tmp_path):
+    diskless = [{"name": "pxe", "firmware": "uefi", "wait_for": "none"}]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert render(tmp_path / "a", diskless, pools=[])["errors"] == []
+    with_seed = [{"name": "ci", "cloud_init": {"user": "u"}}]
+    assert render(tmp_path / "b", with_seed, pools=[])["errors"] == ["kvm_guest_pool 'default' is not an active storage pool of this host (active pools: none)"]
+
+
 def test_hugepages_virtiofs_uefi_secure_and_hostdevs_render(tmp_path):
     guests = [
         {"name": "hp", "memory_mib": 64, "hugepages": {"size": "2M"}, "firmware": "uefi-secure", "hostdevs": [{"pci": "0000:05:00.1"}, {"usb": "046d:c52b"}]},

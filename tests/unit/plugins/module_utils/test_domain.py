@@ -13,6 +13,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain import (
     ensure_domain,
     live_equivalence,
     machine_aliases,
+    pending_restart,
     referenced_storage,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import gather_domains
@@ -549,3 +550,45 @@ def test_name_and_domains_are_exclusive(test_conn):
     with pytest.raises(ValidationError, match="mutually exclusive"):
         ensure_domain(Backends(libvirt=test_conn), params(domains=_entries(OTHERS[0])), False)
     assert test_conn.lookup_domain(OTHERS[0]) is None
+
+
+class _RunningDom:
+    """A running persistent guest whose live XML is given (what libvirt shows after firmware autoselection)."""
+
+    def __init__(self, live):
+        self.live = live
+
+    def isActive(self):
+        return True
+
+    def isPersistent(self):
+        return True
+
+    def name(self):
+        return "virtops-test-uefi"
+
+    def XMLDesc(self, flags):
+        return self.live
+
+
+class _Caps:
+    def getCapabilities(self):
+        return "<capabilities/>"
+
+
+def test_a_uefi_guest_with_its_firmware_resolved_needs_no_restart():
+    intent = parse_xml(
+        "<domain type='qemu'><name>virtops-test-uefi</name><os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type>"
+        "<firmware><feature enabled='no' name='secure-boot'/></firmware></os></domain>"
+    )
+    live = (
+        "<domain type='qemu' id='1'><name>virtops-test-uefi</name><os><type arch='x86_64' machine='q35'>hvm</type>"
+        "<firmware><feature enabled='no' name='secure-boot'/></firmware>"
+        "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+        "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/var/lib/libvirt/qemu/nvram/virtops-test-uefi_VARS.fd</nvram></os></domain>"
+    )
+    client = type("C", (), {"conn": _Caps()})()
+    assert pending_restart(client, _RunningDom(live), intent) is False
+    # a guest started before the intent asked for UEFI (no loader in its live XML) does need one
+    bios = "<domain type='qemu' id='1'><name>virtops-test-uefi</name><os><type arch='x86_64' machine='q35'>hvm</type></os></domain>"
+    assert pending_restart(client, _RunningDom(bios), intent) is True

@@ -200,3 +200,189 @@ def test_unreachable_destination_bad_input():
 
     with pytest.raises(LibvirtError, match=r"cannot reach the destination qemu\+tcp://10\.0\.0\.2/system: .*nothing was changed"):
         dm.ensure_domain_migrate(Backends(), params(), False, open_dest=open_dest)
+
+
+def test_tls_bad_input_certificate_without_the_uri_name():
+    from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
+
+    # libvirt 9.0's text when the destination's certificate does not name the URI's host
+    def open_dest(uri):
+        raise LibvirtError("authentication failed: Failed to verify peer's certificate")
+
+    class Backends:
+        libvirt = object()
+
+    uri = "qemu+tls://10.0.0.12/system?pkipath=/srv/pki/a"
+    with pytest.raises(LibvirtError) as info:
+        dm.ensure_domain_migrate(Backends(), params(dest_uri=uri), False, open_dest=open_dest)
+    msg = info.value.msg
+    assert msg.startswith("cannot reach the destination %s: authentication failed: Failed to verify peer's certificate (" % uri)
+    assert "must name 10.0.0.12 among its subjectAltName names" in msg
+    assert "signed by the CA in /srv/pki/a/cacert.pem" in msg
+    assert msg.endswith("; nothing was changed")
+
+
+@pytest.mark.parametrize(
+    "uri, message, expected",
+    [
+        ("qemu+tls://hv2.example/system", "Failed to verify peer's certificate", "must name hv2.example among"),
+        ("qemu+tls://hv2.example/system", "Failed to verify peer's certificate", "the CA in /etc/pki/CA/cacert.pem"),
+        ("qemu+tls://[fd00::2]:16515/system?pkipath=/p/", "Certificate has expired", "must name fd00::2 among"),
+        ("qemu+tls://[fd00::2]:16515/system?pkipath=/p/", "Certificate has expired", "the CA in /p/cacert.pem,"),
+    ],
+)
+def test_tls_hint(uri, message, expected):
+    assert expected in dm.tls_hint(uri, message)
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        # another transport, or a TLS failure that is not about a certificate: no hint
+        ("qemu+tcp://10.0.0.2/system", "Failed to verify peer's certificate"),
+        ("qemu+ssh://10.0.0.2/system", "certificate"),
+        ("qemu+tls://10.0.0.2/system", "unable to connect to server at '10.0.0.2:16514': No route to host"),
+        ("qemu+tls://10.0.0.2/system", None),
+    ],
+)
+def test_tls_hint_none_for_other_failures(uri, message):
+    assert dm.tls_hint(uri, message) == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU check. libvirt's test driver has neither getDomainCapabilities nor compareHypervisorCPU,
+# so a connection that answers as libvirt 9.0 does (the capabilities and error texts below are
+# what the two private daemons of the integration target returned) stands in for the destination
+# and the source. The integration target proves the same refusal against the real daemons.
+# ---------------------------------------------------------------------------------------------
+
+CAPS = """<domainCapabilities><cpu>
+  <mode name='host-passthrough' supported='no'/>
+  <mode name='maximum' supported='yes'/>
+  <mode name='host-model' supported='yes'>
+    <model fallback='forbid'>Opteron_G3</model>
+    <vendor>AMD</vendor>
+    <maxphysaddr mode='passthrough' limit='40'/>
+    <feature policy='require' name='avx'/>
+    <feature policy='require' name='avx2'/>
+  </mode>
+</cpu></domainCapabilities>"""
+
+
+class CPUError(Exception):
+    """Stands for libvirt.libvirtError with a code, an error domain and libvirt's text."""
+
+    def __init__(self, code, domain, text):
+        super().__init__(text)
+        self.code, self.domain, self.text = code, domain, text
+
+    def get_error_code(self):
+        return self.code
+
+    def get_error_domain(self):
+        return self.domain
+
+    def get_error_message(self):
+        return self.text
+
+
+class CPUConn:
+    """A destination (or source) connection: its domain capabilities and its verdict on a CPU."""
+
+    def __init__(self, caps=CAPS, verdict=2):
+        self.caps, self.verdict, self.compared = caps, verdict, []
+
+    def getDomainCapabilities(self, *_args):
+        return self.caps
+
+    def compareHypervisorCPU(self, _emulator, _arch, _machine, _virttype, xml, _flags):
+        self.compared.append(xml)
+        if isinstance(self.verdict, Exception):
+            raise self.verdict
+        return self.verdict
+
+
+def cpu_client(**kwargs):
+    from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LibvirtClient
+
+    return LibvirtClient(CPUConn(**kwargs), uri="qemu+tcp://10.0.0.2/system")
+
+
+def guest(cpu):
+    from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml
+
+    return parse_xml("<domain type='qemu'>%s<os><type arch='x86_64' machine='q35'>hvm</type></os></domain>" % cpu)
+
+
+AVX2 = "<cpu mode='custom' match='exact' check='full'><model fallback='forbid'>qemu64</model><feature policy='require' name='avx2'/></cpu>"
+NO_AVX2 = CPUError(91, 31, "the CPU is incompatible with host CPU: Host CPU does not provide required features: avx2")
+
+
+def test_cpu_compatible_custom_cpu_is_compared_as_it_is():
+    dest = cpu_client()
+    assert dm.check_cpu(dest, guest(AVX2)) == (None, "CPU: compatible with the destination")
+    assert 'name="avx2"' in dest.conn.compared[0] and "qemu64" in dest.conn.compared[0]
+
+
+def test_cpu_bad_input_feature_the_destination_lacks():
+    """a required CPU feature the destination's hypervisor does not offer is refused with libvirt's reason"""
+    problem, note = dm.check_cpu(cpu_client(verdict=NO_AVX2), guest(AVX2))
+    assert note is None
+    assert problem == "the guest's CPU is not compatible with the destination: " + NO_AVX2.text
+
+
+def test_cpu_bad_input_model_the_destination_does_not_know():
+    """a CPU model the destination's libvirt does not know (an error of its CPU driver) is an incompatibility, not a failed call"""
+    unknown = CPUError(1, 31, "internal error: Unknown CPU model EPYC-Genoa")
+    problem, _note = dm.check_cpu(cpu_client(verdict=unknown), guest("<cpu mode='custom' match='exact'><model>EPYC-Genoa</model></cpu>"))
+    assert problem == "the guest's CPU is not compatible with the destination: internal error: Unknown CPU model EPYC-Genoa"
+
+
+def test_cpu_other_libvirt_errors_are_not_taken_for_an_incompatibility():
+    from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
+
+    lost = CPUError(39, 7, "End of file while reading data: Input/output error")
+    with pytest.raises(LibvirtError, match="cannot compare the guest's CPU with the destination's: End of file"):
+        dm.check_cpu(cpu_client(verdict=lost), guest(AVX2))
+
+
+def test_cpu_incompatible_without_an_error():
+    problem, _note = dm.check_cpu(cpu_client(verdict=0), guest(AVX2))
+    assert problem == "the guest's CPU is not compatible with the destination"
+
+
+def test_cpu_maximum_compares_what_the_source_offers():
+    source, dest = cpu_client(), cpu_client()
+    assert dm.check_cpu(dest, guest("<cpu mode='maximum' check='none'/>"), source) == (
+        None,
+        "CPU: maximum, what the source offers is compatible with the destination",
+    )
+    compared = dest.conn.compared[0]
+    assert compared.startswith('<cpu mode="custom" match="exact">') and "Opteron_G3" in compared and 'name="avx2"' in compared
+    assert "maxphysaddr" not in compared
+
+
+def test_cpu_bad_input_maximum_where_the_destination_offers_less():
+    """a maximum CPU whose source offers a feature the destination lacks is refused (libvirt itself would move it and the guest would lose the feature)"""
+    problem, _note = dm.check_cpu(cpu_client(verdict=NO_AVX2), guest("<cpu mode='maximum'/>"), cpu_client())
+    assert problem == "the guest's CPU (maximum: what the source's hypervisor offers) is not compatible with the destination: " + NO_AVX2.text
+
+
+def test_cpu_bad_input_host_passthrough_not_offered():
+    """host-passthrough where the destination does not offer it (a TCG host) is refused"""
+    problem, _note = dm.check_cpu(cpu_client(), guest("<cpu mode='host-passthrough'/>"), cpu_client())
+    assert problem == "the guest's CPU is host-passthrough, which the destination does not offer for qemu guests"
+
+
+def test_cpu_maximum_without_a_source_model_is_not_compared():
+    bare = CAPS.replace("supported='yes'>\n    <model", "supported='no'>\n    <model")
+    dest = cpu_client()
+    problem, note = dm.check_cpu(dest, guest("<cpu mode='maximum'/>"), cpu_client(caps=bare))
+    assert problem is None and "not compared" in note and dest.conn.compared == []
+
+
+def test_cpu_without_a_model_is_not_compared():
+    dest = cpu_client()
+    assert dm.check_cpu(dest, guest("<cpu mode='custom'><topology sockets='1' cores='2' threads='1'/></cpu>"))[0] is None
+    assert dm.check_cpu(dest, guest(""))[0] is None
+    assert dest.conn.compared == []

@@ -32,6 +32,20 @@ def test_unreachable_uri_is_a_libvirt_error():
         LibvirtClient.open("qemu+unix:///system?socket=/nonexistent/virtops.sock")
 
 
+def test_a_pool_is_refreshed_once_per_connection(test_conn):
+    calls = []
+
+    class Pool:
+        def refresh(self, flags):
+            calls.append(flags)
+
+    pool = Pool()
+    for _entry in range(3):
+        test_conn.refresh_pool(pool, "virtops-test-pool")
+    test_conn.refresh_pool(Pool(), "virtops-test-other")
+    assert calls == [0, 0]
+
+
 def test_translated_passes_other_errors_through():
     with pytest.raises(KeyError), translated("anything"):
         raise KeyError("not libvirt")

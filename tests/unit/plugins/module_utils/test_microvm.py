@@ -102,6 +102,31 @@ def test_qemu_args_are_a_list_with_the_measured_defaults(host):
     assert "unix:/var/lib/virtops-microvm/g1/qmp.sock,server=on,wait=off" in args
 
 
+CPUINFO = "processor\t: 0\ncpu MHz\t\t: 2596.142\nflags\t\t: fpu tsc constant_tsc nonstop_tsc\n\nprocessor\t: 1\ncpu MHz\t\t: 2596.142\n"
+
+
+def test_tcg_guest_gets_the_hosts_tsc_rate_so_its_kernel_skips_pit_calibration(host):
+    (host["root"] / "proc").mkdir()
+    (host["root"] / "proc/cpuinfo").write_text(CPUINFO, encoding="utf-8")
+    args = _microvm.qemu_args(_microvm.validate(host["fs"], guest()))
+    assert args[args.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 tsc=reliable no_timer_check tsc_early_khz=2596142"
+    # the user's own value wins; tcg_cmdline=false and KVM add nothing
+    own = _microvm.validate(host["fs"], guest(cmdline="console=ttyS0 tsc_early_khz=1000000"))
+    assert _microvm.effective_cmdline(own) == "console=ttyS0 tsc_early_khz=1000000 tsc=reliable no_timer_check"
+    assert _microvm.effective_cmdline(_microvm.validate(host["fs"], guest(tcg_cmdline=False))) == "console=ttyS0 reboot=t panic=-1"
+    assert _microvm.effective_cmdline(_microvm.validate(host["fs"], guest(accel=["kvm", "tcg"]))) == "console=ttyS0 reboot=t panic=-1"
+
+
+def test_no_tsc_rate_where_cpuinfo_does_not_give_the_tscs(host):
+    (host["root"] / "proc").mkdir()
+    (host["root"] / "proc/cpuinfo").write_text(CPUINFO.replace(" constant_tsc", ""), encoding="utf-8")
+    assert _microvm.validate(host["fs"], guest())["tsc_khz"] is None
+    (host["root"] / "proc/cpuinfo").write_text(CPUINFO, encoding="utf-8")
+    # a cpufreq driver: "cpu MHz" is the current clock, not the TSC's (and would change the unit every run)
+    (host["root"] / "sys/devices/system/cpu/cpu0/cpufreq").mkdir(parents=True)
+    assert _microvm.validate(host["fs"], guest())["tsc_khz"] is None
+
+
 def test_microvm_binary_and_kvm_first_leave_the_cmdline_alone(host):
     (host["root"] / "usr/bin/qemu-system-x86_64-microvm").write_text("x", encoding="utf-8")
     # that build has no TCG: it is the default only when KVM alone is asked for

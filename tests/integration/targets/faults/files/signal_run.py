@@ -9,6 +9,8 @@
 ``--when qemu-img:WORD``: wait for a qemu-img process whose command line holds WORD; ``--to parent``
 signals its parent (the module's Python process). ``--when allocated:PATH:BYTES``: wait until the
 file PATH has more than BYTES allocated; ``--to pidfile:PATH`` signals the process named there.
+``--tmpdir DIR``: the command's TMPDIR, so that what a killed module cannot remove (its AnsiballZ
+payload directory) stays inside the caller's work directory.
 Prints JSON: whether the signal was sent, the command's rc, and the module's result as the json
 ad-hoc output shows it (None when it shows none). What the call did is judged by the caller's
 assertions, never by timing: when the condition never came (the call finished first), signalled is false.
@@ -81,6 +83,7 @@ def main():
     parser.add_argument("--signal", required=True, choices=["TERM", "KILL"])
     parser.add_argument("--to", required=True)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--tmpdir", help="TMPDIR of the command: a killed module leaves its AnsiballZ payload there")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -94,6 +97,8 @@ def main():
     ):
         time.sleep(0.2)
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    if args.tmpdir:
+        env["TMPDIR"] = args.tmpdir
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # pylint: disable=consider-using-with
     signalled, victim = False, None
     deadline = time.monotonic() + args.timeout

@@ -4,11 +4,17 @@
 #   netns-libvirtd.sh up     tear down what a killed run left, then start hypervisors a and b
 #   netns-libvirtd.sh down   stop them, kill their QEMUs, delete their namespaces and directories
 #   netns-libvirtd.sh exec a CMD...   run CMD inside hypervisor a's network namespace
+#   netns-libvirtd.sh qemu-without b FEATURE   give b's daemon a QEMU whose TCG lacks the x86 CPU FEATURE
+#   netns-libvirtd.sh qemu-restore b           give b's daemon the machine's QEMU again
+#   netns-libvirtd.sh cpu-map-without b MODEL  restart b's daemon with a libvirt CPU map that lacks MODEL
+#   netns-libvirtd.sh cpu-map-restore b        restart b's daemon with the machine's CPU map
+#   netns-libvirtd.sh restart b                restart b's daemon: it reads its configuration again
 #
 # Each hypervisor is a libvirtd in its own network namespace (virtops-test-mig-a, -b, joined by a
 # veth pair: 10.254.77.1/24 and 10.254.77.2/24), its own mount namespace (its own /run/libvirt,
 # /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt and /etc/libvirt, bind-mounted from
-# $root/<name>) and its own UTS namespace (hostname virtops-test-mig-<name>). Each has its own
+# $root/<name>; /etc/libvirt is $root/<name>/root/etc/libvirt, so modules with a root option, such as
+# libvirt_config, edit it with root=$root/<name>/root) and its own UTS namespace (hostname virtops-test-mig-<name>). Each has its own
 # host UUID, listens on TCP (no auth) on its veth address only, and receives migrations on that
 # address, so the migration stream never leaves the veth pair. QEMU runs as root without a
 # security driver, cgroups or virtlogd (the serial and stdio logs are plain files).
@@ -19,6 +25,22 @@
 # inside either network namespace (the migration target runs its modules through the python
 # wrapper $root/python-a: $VIRTOPS_MIG_PYTHON, or python3, inside namespace a), or from here at
 # qemu+unix:///system?socket=$root/<name>/run/libvirt-sock.
+# An older QEMU on one hypervisor (qemu-without): TCG gained AVX2 in QEMU 7.2, so a host with QEMU
+# 7.1 cannot run a guest whose CPU requires avx2. In that hypervisor's mount namespace only, the
+# QEMU path libvirt uses becomes a wrapper that sets the feature off for every CPU model
+# (-global x86_64-cpu.FEATURE=off: libvirt's probe of TCG's CPU reports it missing) and drops
+# FEATURE=on from -cpu (a guest that asks for it does not get it, as from a QEMU without it).
+# The real binary is bind-mounted into $root/<name>/qemu/usr/bin, next to links to /usr/share,
+# /usr/lib and /usr/libexec, because QEMU finds its firmware and modules relative to its own path.
+# libvirt probes QEMU again when the binary's ctime changes, so both commands take effect at the
+# daemon's next use; QEMUs already running are not touched.
+# An older libvirt on one hypervisor (cpu-map-without): libvirt learns CPU models from its CPU map
+# (/usr/share/libvirt/cpu_map), and one released before a model cannot run a guest that uses it. The
+# hypervisor's daemon is restarted (its guests keep running) with a copy of the map without the
+# model bind-mounted over the map in its mount namespace only; cpu-map-restore restarts it with the
+# machine's map.
+# Restarts (restart, cpu-map-*) keep the configuration as it is: what a test wrote into it (TLS
+# settings) stays; it is written fresh only by up.
 # Storage: $root/<name>/lib/images is each host's /var/lib/libvirt/images (not shared, with a
 # dir pool virtops-test-mig-images on it); $root/shared is the same directory on both hosts.
 set -euo pipefail
@@ -54,13 +76,13 @@ down() {
 }
 
 write_config() {
-  local name=$1 dir=$2 addr
+  local name=$1 dir=$2/root/etc/libvirt addr
   addr=$(addr_of "$name")
-  mkdir -p "$dir/etc/qemu" "$dir/etc/storage" "$dir/etc/secrets" "$dir/etc/nwfilter"
+  mkdir -p "$dir/qemu" "$dir/storage" "$dir/secrets" "$dir/nwfilter"
   # Only the daemon configuration is copied: no guests, networks, pools or secrets of the system
   # daemon come along.
-  cp /etc/libvirt/libvirt.conf "$dir/etc/" 2>/dev/null || true
-  cat > "$dir/etc/libvirtd.conf" <<EOF
+  cp /etc/libvirt/libvirt.conf "$dir/" 2>/dev/null || true
+  cat > "$dir/libvirtd.conf" <<EOF
 # private test hypervisor $name (netns-libvirtd.sh)
 listen_tls = 0
 listen_tcp = 1
@@ -72,7 +94,7 @@ unix_sock_rw_perms = "0770"
 host_uuid = "$(uuid_of "$name")"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
-  cat > "$dir/etc/qemu.conf" <<EOF
+  cat > "$dir/qemu.conf" <<EOF
 # private test hypervisor $name (netns-libvirtd.sh)
 user = "root"
 group = "root"
@@ -90,8 +112,8 @@ up_one() {
   local name=$1 ns dir
   ns=$(ns_of "$name")
   dir="$root/$name"
-  mkdir -p "$dir"/{run,lib/images,lib/qemu,log/qemu,etc} "$cache/$name"
-  write_config "$name" "$dir"
+  mkdir -p "$dir"/{run,lib/images,lib/qemu,log/qemu} "$cache/$name"
+  [ -f "$dir/root/etc/libvirt/libvirtd.conf" ] || write_config "$name" "$dir"
   # The daemon: a new mount namespace (private propagation) inside the network namespace; the
   # bind mounts exist only there.
   # shellcheck disable=SC2016  # the script is expanded by the inner sh, with its own arguments
@@ -102,7 +124,8 @@ up_one() {
     mount --bind "$dir/lib" /var/lib/libvirt
     mount --bind "$cache" /var/cache/libvirt
     mount --bind "$dir/log" /var/log/libvirt
-    mount --bind "$dir/etc" /etc/libvirt
+    mount --bind "$dir/root/etc/libvirt" /etc/libvirt
+    if [ -d "$dir/cpu_map" ]; then mount --bind "$dir/cpu_map" /usr/share/libvirt/cpu_map; fi
     exec libvirtd --daemon --listen --pid-file "$dir/libvirtd.pid"
   ' sh "$dir" "$cache/$name" "$name"
 }
@@ -182,6 +205,108 @@ EOF
   echo "netns-libvirtd: hypervisors a ($(addr_of a)) and b ($(addr_of b)) are up under $root"
 }
 
+pid_of() {
+  local pid
+  pid=$(cat "$root/$1/libvirtd.pid" 2>/dev/null) || { echo "netns-libvirtd: hypervisor $1 is not up" >&2; return 1; }
+  echo "$pid"
+}
+
+qemu_without() {
+  local name=$1 feature=$2 dir pid qemu real d
+  case $feature in
+    '' | *[!a-z0-9_.-]*)
+      echo "netns-libvirtd: qemu-without needs a CPU feature name (such as avx2)" >&2
+      return 2
+      ;;
+  esac
+  dir="$root/$name"
+  pid=$(pid_of "$name")
+  qemu=$(command -v qemu-system-x86_64)
+  real="$dir/qemu$qemu"
+  mkdir -p "$(dirname "$real")"
+  : > "$real"
+  for d in share lib libexec; do ln -sfn "/usr/$d" "$dir/qemu/usr/$d"; done
+  ln -sfn /etc "$dir/qemu/etc"
+  {
+    echo '#!/bin/sh'
+    echo "# hypervisor $name's QEMU: TCG without $feature (netns-libvirtd.sh qemu-without)"
+    echo "feature=$feature"
+    cat <<'SH'
+prev=
+for arg do
+  shift
+  if [ "$prev" = -cpu ]; then
+    arg=$(printf '%s\n' "$arg" | sed -e "s/,$feature=on//g; s/,+$feature//g")
+  fi
+  set -- "$@" "$arg"
+  prev=$arg
+done
+SH
+    echo "exec $real -global x86_64-cpu.\$feature=off \"\$@\""
+  } > "$dir/qemu-wrapper"
+  chmod 755 "$dir/qemu-wrapper"
+  # shellcheck disable=SC2016  # expanded by the inner sh
+  nsenter --mount --target "$pid" sh -ec '
+    qemu=$1; real=$2; wrapper=$3
+    mountpoint -q "$real" || mount --bind "$qemu" "$real"
+    if mountpoint -q "$qemu"; then umount "$qemu"; fi
+    mount --bind "$wrapper" "$qemu"
+  ' sh "$qemu" "$real" "$dir/qemu-wrapper"
+  echo "netns-libvirtd: hypervisor $name runs a QEMU without $feature"
+}
+
+# A new daemon in place of the running one (its guests keep running; it reconnects to them), in a
+# new mount namespace: a QEMU given by qemu-without is gone with the old one.
+restart_one() {
+  local name=$1 pid
+  pid=$(pid_of "$name")
+  kill "$pid"
+  for _ in $(seq 1 80); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.25
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "netns-libvirtd: hypervisor $name's daemon ($pid) did not stop within 20 s" >&2
+    return 1
+  fi
+  up_one "$name"
+  wait_one "$name"
+}
+
+cpu_map_without() {
+  local name=$1 model=$2 dir map=/usr/share/libvirt/cpu_map
+  case $model in
+    '' | *[!A-Za-z0-9_.-]*)
+      echo "netns-libvirtd: cpu-map-without needs a CPU model name (such as Nehalem)" >&2
+      return 2
+      ;;
+  esac
+  [ -f "$map/x86_$model.xml" ] || { echo "netns-libvirtd: libvirt has no CPU model $model ($map/x86_$model.xml)" >&2; return 2; }
+  dir="$root/$name"
+  rm -rf "$dir/cpu_map"
+  cp -a "$map" "$dir/cpu_map"
+  rm "$dir/cpu_map/x86_$model.xml"
+  sed -i "\\|<include filename='x86_$model.xml'/>|d" "$dir/cpu_map/index.xml"
+  restart_one "$name"
+  echo "netns-libvirtd: hypervisor $name's libvirt does not know the CPU model $model"
+}
+
+cpu_map_restore() {
+  rm -rf "$root/$1/cpu_map"
+  restart_one "$1"
+  echo "netns-libvirtd: hypervisor $1's libvirt has the machine's CPU map"
+}
+
+qemu_restore() {
+  local name=$1 pid qemu
+  pid=$(pid_of "$name")
+  qemu=$(command -v qemu-system-x86_64)
+  # QEMUs started through the wrapper keep the real binary's bind mount busy: it stays, unused.
+  # shellcheck disable=SC2016  # expanded by the inner sh
+  nsenter --mount --target "$pid" sh -ec 'if mountpoint -q "$1"; then umount "$1"; fi' sh "$qemu"
+  echo "netns-libvirtd: hypervisor $name runs the machine's QEMU"
+}
+
 case "${1:-}" in
   up) up ;;
   down) down; echo "netns-libvirtd: hypervisors down" ;;
@@ -190,8 +315,13 @@ case "${1:-}" in
     shift 2
     exec ip netns exec "$(ns_of "$name")" "$@"
     ;;
+  qemu-without) qemu_without "${2:?qemu-without needs a or b}" "${3:-}" ;;
+  qemu-restore) qemu_restore "${2:?qemu-restore needs a or b}" ;;
+  cpu-map-without) cpu_map_without "${2:?cpu-map-without needs a or b}" "${3:-}" ;;
+  cpu-map-restore) cpu_map_restore "${2:?cpu-map-restore needs a or b}" ;;
+  restart) restart_one "${2:?restart needs a or b}"; echo "netns-libvirtd: hypervisor $2's daemon restarted" ;;
   *)
-    echo "usage: $0 up|down|exec a|b CMD..." >&2
+    echo "usage: $0 up|down|exec a|b CMD...|qemu-without a|b FEATURE|qemu-restore a|b|cpu-map-without a|b MODEL|cpu-map-restore a|b|restart a|b" >&2
     exit 2
     ;;
 esac
