@@ -15,7 +15,7 @@ LAB_INVENTORY=$LAB/inventory.ini
 LAB_PORT=${VIRTOPS_LAB_PORT:-10022}
 LAB_BOOT_TIMEOUT=${VIRTOPS_LAB_BOOT_TIMEOUT:-240}
 # Bump when the image recipe changes so cached images are rebuilt.
-LAB_IMAGE_VERSION=2
+LAB_IMAGE_VERSION=3
 
 log() { printf 'lab: %s\n' "$*" >&2; }
 
