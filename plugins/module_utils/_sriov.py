@@ -32,7 +32,12 @@ from ansible_collections.virtops.kvm.plugins.module_utils._pci import (
     vf_addresses,
 )
 
-UDEV_RULE = "/etc/udev/rules.d/70-virtops-sriov-%s.rules"
+# After 80-net-setup-link.rules: there $name is the interface's final name. A rule before it sees the kernel's
+# name (eth0) when the PF's driver loads in the real root, and its "ip link set dev eth0 vf ..." runs after the
+# rename and fails: the VF count came back at boot, the VF settings did not.
+UDEV_RULE = "/etc/udev/rules.d/81-virtops-sriov-%s.rules"
+# where releases before that wrote the rule; removed when the rule is written or removed
+OLD_UDEV_RULE = "/etc/udev/rules.d/70-virtops-sriov-%s.rules"
 VF_FIELDS = ("mac", "vlan", "qos", "spoofchk", "trust", "link_state", "max_tx_rate")
 LINK_STATES = ("auto", "enable", "disable")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
@@ -286,12 +291,13 @@ def ensure_sriov(backends, params, check_mode, *, sleep=time.sleep):
     fs = host.fs
     pf = resolve_pf(host, params["device"])
     rule_path = UDEV_RULE % pf
-    with locked_files(fs, [rule_path]):
+    old_rule_path = OLD_UDEV_RULE % pf
+    with locked_files(fs, [rule_path, old_rule_path]):
         plan = _plan_pf(host, params, pf)
         if plan["count_change"] and plan["current"] > 0 and not params.get("force"):
             _refuse_in_use(host, plan)
         rule = udev_rule(pf, plan["wanted_count"], plan["wanted_vfs"], vf_driver, fs) if params.get("persistent") else None
-        rule_changes, rule_before, rule_after = file_plan(fs, {rule_path: rule})
+        rule_changes, rule_before, rule_after = file_plan(fs, {rule_path: rule, old_rule_path: None})
         changes = ["num_vfs"] if plan["count_change"] else []
         if plan["count_change"] and not check_mode:
             _set_count(host, plan, timeout)
@@ -313,7 +319,7 @@ def ensure_sriov(backends, params, check_mode, *, sleep=time.sleep):
                     bind_vfio(host, address)
                 else:
                     unbind_vfio(host, address)
-            apply_files(fs, {path: rule for path in rule_changes})
+            apply_files(fs, {path: rule if path == rule_path else None for path in rule_changes})
         changes += rule_changes
     final = vf_addresses(fs, pf) if exists_now else vf_list
     if host.net and plan["pf_netdev"] and exists_now and final and not check_mode:
@@ -333,7 +339,13 @@ def ensure_sriov(backends, params, check_mode, *, sleep=time.sleep):
         "rule": rule_path if params.get("persistent") else None,
         "warnings": list(host.warnings),
         "diff": {
-            "before": {"num_vfs": plan["current"], "vfs": before_settings, "vf_drivers": drivers_before, "rule": rule_before[rule_path]},
+            # a rule of an earlier release (OLD_UDEV_RULE) shows as the rule before
+            "before": {
+                "num_vfs": plan["current"],
+                "vfs": before_settings,
+                "vf_drivers": drivers_before,
+                "rule": rule_before[rule_path] if rule_before[rule_path] is not None else rule_before[old_rule_path],
+            },
             "after": {"num_vfs": plan["wanted_count"], "vfs": after_settings, "vf_drivers": after_drivers, "rule": rule_after[rule_path]},
         },
     }

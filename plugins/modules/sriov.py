@@ -66,9 +66,11 @@ options:
     choices: [default, vfio-pci]
   persistent:
     description:
-      - V(true) writes C(/etc/udev/rules.d/70-virtops-sriov-<PF address>.rules), which sets the VF count when
+      - V(true) writes C(/etc/udev/rules.d/81-virtops-sriov-<PF address>.rules), which sets the VF count when
         the PF's interface appears at boot and reapplies the per-VF settings with C(ip link) (and, with
-        O(vf_driver=vfio-pci), binds the VFs to vfio-pci).
+        O(vf_driver=vfio-pci), binds the VFs to vfio-pci). It comes after C(80-net-setup-link.rules), so the
+        per-VF settings name the interface by its final name; the C(70-virtops-sriov-<PF address>.rules) of
+        earlier releases is removed.
       - V(false) removes that rule if the module wrote one before.
     type: bool
     default: false

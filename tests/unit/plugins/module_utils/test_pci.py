@@ -455,6 +455,36 @@ def test_sriov_persistent_rule(fakehost):
     assert not host.fs.exists(path)
 
 
+def test_sriov_rule_after_net_setup_link(fakehost):
+    # $name there is the interface's final name (udev applies 80-net-setup-link.rules' NAME before running RUN)
+    assert _sriov.UDEV_RULE % PF == "/etc/udev/rules.d/81-virtops-sriov-%s.rules" % PF
+    assert "80-net-setup-link.rules" < (_sriov.UDEV_RULE % PF).rsplit("/", 1)[1]
+
+
+def test_sriov_rule_of_an_earlier_release_moves(fakehost):
+    host = _host(fakehost)
+    vfs = [{"index": 0, "mac": "02:00:00:00:00:01"}]
+    old, new = _sriov.OLD_UDEV_RULE % PF, _sriov.UDEV_RULE % PF
+    first = sriov(host, PF, num_vfs=2, vfs=vfs, persistent=True)
+    content = host.fs.read(new)
+    host.fs.write(old, content + "\n")
+    os.remove(host.fs.path(new))
+    check = sriov(host.checking(), PF, num_vfs=2, vfs=vfs, persistent=True)
+    assert check["changed"] is True and sorted(check["changes"]) == sorted([old, new])
+    assert host.fs.exists(old) and not host.fs.exists(new)
+    assert check["diff"]["before"]["rule"] == check["diff"]["after"]["rule"]
+    assert check["diff"]["before"]["rule"].strip() == content.strip()
+    moved = sriov(host, PF, num_vfs=2, vfs=vfs, persistent=True)
+    assert moved["changes"] == check["changes"]
+    assert not host.fs.exists(old) and host.fs.read(new).strip() == content.strip()
+    assert sriov(host, PF, num_vfs=2, vfs=vfs, persistent=True)["changed"] is False
+    assert first["rule"] == new
+    # persistent=false removes a rule left at the old path too
+    host.fs.write(old, content + "\n")
+    gone = sriov(host, PF, num_vfs=2, persistent=False)
+    assert sorted(gone["changes"]) == sorted([old, new]) and not host.fs.exists(old) and not host.fs.exists(new)
+
+
 @pytest.mark.parametrize(
     "device, kwargs, match",
     [
