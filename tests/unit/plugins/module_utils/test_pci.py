@@ -458,7 +458,7 @@ def test_sriov_persistent_rule(fakehost):
 def test_sriov_rule_after_net_setup_link(fakehost):
     # $name there is the interface's final name (udev applies 80-net-setup-link.rules' NAME before running RUN)
     assert _sriov.UDEV_RULE % PF == "/etc/udev/rules.d/81-virtops-sriov-%s.rules" % PF
-    assert "80-net-setup-link.rules" < (_sriov.UDEV_RULE % PF).rsplit("/", 1)[1]
+    assert (_sriov.UDEV_RULE % PF).rsplit("/", 1)[1] > "80-net-setup-link.rules"
 
 
 def test_sriov_rule_of_an_earlier_release_moves(fakehost):
