@@ -270,3 +270,10 @@ def test_hugepages_virtiofs_uefi_secure_and_hostdevs_render(tmp_path):
     assert fs.find("memoryBacking/source").get("type") == "memfd" and fs.find("memoryBacking/access").get("mode") == "shared"
     assert fs.find("devices/filesystem/driver").get("type") == "virtiofs" and fs.find("devices/filesystem/readonly") is not None
     assert fs.find("cpu").get("mode") == "host-model" and fs.find("cpu/topology").get("cores") == "2"
+
+
+def test_seabios_writes_to_the_serial_console_uefi_needs_nothing(tmp_path):
+    result = render(tmp_path, [{"name": "b", "firmware": "bios", "wait_for": "none"}, {"name": "u", "firmware": "uefi", "wait_for": "none"}])
+    assert result["errors"] == []
+    assert domain_xml(result, "b").find("os/bios").get("useserial") == "yes"
+    assert domain_xml(result, "u").find("os/bios") is None
