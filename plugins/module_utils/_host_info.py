@@ -227,10 +227,13 @@ def gather_sriov(fs):
         if total is None:
             continue
         dev = pci_device(fs, address)
+        flags = fs.read("/sys/class/net/%s/flags" % dev["netdevs"][0]) if dev["netdevs"] else None
         devices.append(
             {
                 "address": address,
                 "netdevs": dev["netdevs"],
+                # the first netdev's administrative state (IFF_UP); libvirt hands out VFs as interfaces only then
+                "up": bool(int(flags, 16) & 0x1) if flags else None,
                 "driver": dev["driver"],
                 "totalvfs": total,
                 "numvfs": fs.read_int(base + "/sriov_numvfs"),

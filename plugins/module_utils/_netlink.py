@@ -167,6 +167,10 @@ class Netlink:
             kwargs["priority"] = route["metric"]
         self.call("route %s via %s" % (route["to"], route["via"]), "route", "replace", **kwargs)
 
+    def set_up(self, ifname):
+        """Bring ``ifname`` up (administratively; addresses untouched)."""
+        self.call("link %s up" % ifname, "link", "set", index=self.index(ifname), state="up")
+
     def set_vf(self, ifname, vf_index, settings):
         """Apply ``settings`` (a subset of :meth:`vfs`'s keys) to VF ``vf_index`` of ``ifname``."""
         spec = {"vf": vf_index}

@@ -32,6 +32,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._pci import (
     vf_addresses,
 )
 
+IFF_UP = 0x1  # in /sys/class/net/<name>/flags
 # After 80-net-setup-link.rules: there $name is the interface's final name. A rule before it sees the kernel's
 # name (eth0) when the PF's driver loads in the real root, and its "ip link set dev eth0 vf ..." runs after the
 # rename and fails: the VF count came back at boot, the VF settings did not.
@@ -126,10 +127,12 @@ def _vf_ready(fs, pf, count):
     return True
 
 
-def udev_rule(pf, num_vfs, wanted_vfs, vf_driver, fs):
-    """The boot-time rule: VF count, per-VF ``ip link`` settings (validated values only), vfio-pci binding."""
+def udev_rule(pf, num_vfs, wanted_vfs, vf_driver, fs, *, pf_up=False):
+    """The boot-time rule: PF link up, VF count, per-VF ``ip link`` settings (validated values only), vfio-pci binding."""
     lines = [MANAGED % "sriov"]
     prefix = 'ACTION=="add", SUBSYSTEM=="net", KERNELS=="%s"' % pf
+    if pf_up:
+        lines.append('%s, RUN+="/usr/sbin/ip link set dev $name up"\n' % prefix)
     if vf_driver == VFIO:
         lines.append('%s, ATTR{device/sriov_drivers_autoprobe}="0"\n' % prefix)
     lines.append('%s, ATTR{device/sriov_numvfs}="%d"\n' % (prefix, num_vfs))
@@ -177,6 +180,18 @@ def _plan_pf(host, params, pf):
             raise ValidationError("vfs lists index %d twice" % spec["index"])
         wanted_vfs[spec["index"]] = wanted_vf(spec)
     pf_netdev = (pf_dev["netdevs"] or [None])[0]
+    up_now = None
+    if pf_netdev is not None:
+        flags = fs.read("/sys/class/net/%s/flags" % pf_netdev)
+        up_now = bool(int(flags, 16) & IFF_UP) if flags else None
+    up_change = bool(params.get("pf_up")) and not up_now
+    if params.get("pf_up") and pf_netdev is None:
+        raise ValidationError("pf_up brings the PF's network interface up, but %s has none (driver %s)" % (pf, pf_dev["driver"]))
+    if up_change and host.confined:
+        raise ValidationError(
+            "pf_up sets the link over netlink, which with root=%s would be this machine's, not that tree's: "
+            "run with root=/ on the host that has the PF, or leave pf_up out" % host.fs.root
+        )
     if any(wanted_vfs.values()):
         if pf_netdev is None:
             raise ValidationError("per-VF settings are applied through the PF's network interface, but %s has none (driver %s)" % (pf, pf_dev["driver"]))
@@ -195,6 +210,8 @@ def _plan_pf(host, params, pf):
         "wanted_count": wanted_count,
         "wanted_vfs": wanted_vfs,
         "count_change": wanted_count != current,
+        "up_now": up_now,
+        "up_change": up_change,
         "before_vfs": vf_addresses(fs, pf),
     }
 
@@ -296,9 +313,12 @@ def ensure_sriov(backends, params, check_mode, *, sleep=time.sleep):
         plan = _plan_pf(host, params, pf)
         if plan["count_change"] and plan["current"] > 0 and not params.get("force"):
             _refuse_in_use(host, plan)
-        rule = udev_rule(pf, plan["wanted_count"], plan["wanted_vfs"], vf_driver, fs) if params.get("persistent") else None
+        rule = udev_rule(pf, plan["wanted_count"], plan["wanted_vfs"], vf_driver, fs, pf_up=params.get("pf_up")) if params.get("persistent") else None
         rule_changes, rule_before, rule_after = file_plan(fs, {rule_path: rule, old_rule_path: None})
-        changes = ["num_vfs"] if plan["count_change"] else []
+        changes = ["pf_up"] if plan["up_change"] else []
+        if plan["up_change"] and not check_mode:
+            host.net.set_up(plan["pf_netdev"])
+        changes += ["num_vfs"] if plan["count_change"] else []
         if plan["count_change"] and not check_mode:
             _set_count(host, plan, timeout)
         exists_now = not (check_mode and plan["count_change"])
@@ -333,6 +353,7 @@ def ensure_sriov(backends, params, check_mode, *, sleep=time.sleep):
             "netdev": plan["pf_netdev"],
             "driver": plan["pf_dev"]["driver"],
             "totalvfs": plan["total"],
+            "up": True if plan["up_change"] else plan["up_now"],
             "numvfs": fs.read_int(plan["base"] + "/sriov_numvfs", 0) if not check_mode else plan["wanted_count"],
         },
         "vfs": [_vf_report(host, i, a, kernel) for i, a in enumerate(final)],
@@ -342,10 +363,17 @@ def ensure_sriov(backends, params, check_mode, *, sleep=time.sleep):
             # a rule of an earlier release (OLD_UDEV_RULE) shows as the rule before
             "before": {
                 "num_vfs": plan["current"],
+                "pf_up": plan["up_now"],
                 "vfs": before_settings,
                 "vf_drivers": drivers_before,
                 "rule": rule_before[rule_path] if rule_before[rule_path] is not None else rule_before[old_rule_path],
             },
-            "after": {"num_vfs": plan["wanted_count"], "vfs": after_settings, "vf_drivers": after_drivers, "rule": rule_after[rule_path]},
+            "after": {
+                "num_vfs": plan["wanted_count"],
+                "pf_up": True if plan["up_change"] else plan["up_now"],
+                "vfs": after_settings,
+                "vf_drivers": after_drivers,
+                "rule": rule_after[rule_path],
+            },
         },
     }

@@ -102,10 +102,12 @@ host:
       sample: {enabled: true, units: [dmar0], kernel_cmdline: [intel_iommu=on], group_count: 1,
                groups: {"0": [{address: "0000:00:00.0", vendor_id: "8086", device_id: "29c0", driver: null, iommu_group: 0, netdevs: []}]}}
     sriov:
-      description: SR-IOV capable PCI devices (physical functions) with their netdevs, driver, totalvfs, numvfs and VF addresses.
+      description:
+        - SR-IOV capable PCI devices (physical functions) with their netdevs, driver, totalvfs, numvfs and VF addresses.
+        - C(up) is whether the first netdev is up (V(null) without one); libvirt hands out VFs as interfaces only then.
       returned: when gathered
       type: dict
-      sample: {devices: [{address: "0000:03:00.0", netdevs: [enp3s0f0], driver: igb, totalvfs: 7, numvfs: 2,
+      sample: {devices: [{address: "0000:03:00.0", netdevs: [enp3s0f0], up: true, driver: igb, totalvfs: 7, numvfs: 2,
                           vfs: ["0000:03:10.0", "0000:03:10.2"]}]}
     apparmor:
       description: Whether AppArmor is enabled in the running kernel (V(null) when the kernel has no AppArmor to ask).

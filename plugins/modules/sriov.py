@@ -64,6 +64,14 @@ options:
         kernel's default VF driver. Omit to leave the drivers alone.
     type: str
     choices: [default, vfio-pci]
+  pf_up:
+    description:
+      - V(true) brings the PF's network interface up (administratively, with no address) when it is down. libvirt
+        gives a VF to a guest as an C(<interface type='hostdev'>) only when its PF is up ("the PF is not online"),
+        and a VF's link follows its PF's. With O(persistent=true) the boot-time rule brings it up too.
+      - V(false) leaves the PF's link as it is.
+    type: bool
+    default: false
   persistent:
     description:
       - V(true) writes C(/etc/udev/rules.d/81-virtops-sriov-<PF address>.rules), which sets the VF count when
@@ -128,10 +136,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 pf:
-  description: The physical function.
+  description: The physical function; C(up) is whether its network interface is up (V(null) without one).
   returned: always
   type: dict
-  sample: {address: "0000:03:00.0", netdev: enp3s0f0, driver: igb, totalvfs: 7, numvfs: 4}
+  sample: {address: "0000:03:00.0", netdev: enp3s0f0, driver: igb, totalvfs: 7, numvfs: 4, up: true}
 vfs:
   description: Each VF as the kernel reports it (predicted addresses in check mode when the count changes).
   returned: always
@@ -178,6 +186,7 @@ def main():
             ),
         ),
         vf_driver=dict(type="str", choices=["default", "vfio-pci"]),
+        pf_up=dict(type="bool", default=False),
         persistent=dict(type="bool", default=False),
         force=dict(type="bool", default=False),
         timeout=dict(type="int", default=60),

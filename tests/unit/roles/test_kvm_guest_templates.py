@@ -277,3 +277,12 @@ def test_seabios_writes_to_the_serial_console_uefi_needs_nothing(tmp_path):
     assert result["errors"] == []
     assert domain_xml(result, "b").find("os/bios").get("useserial") == "yes"
     assert domain_xml(result, "u").find("os/bios") is None
+
+
+def test_a_running_guest_on_a_pf_that_is_down_is_refused(tmp_path):
+    down = dict(HOST, sriov={"devices": [dict(HOST["sriov"]["devices"][0], up=False)]})
+    guests = [{"name": "r", "interfaces": [{"sriov_pf": "enp3s0f0"}]}, {"name": "s", "state": "shutdown", "interfaces": [{"sriov_pf": "enp3s0f0"}]}]
+    result = render(tmp_path, guests, __kvm_guest_host=down)
+    assert result["errors"] == [
+        "guest r: sriov_pf 'enp3s0f0' is down: libvirt gives a VF to a guest as an interface only when its PF is up (virtops.kvm.sriov pf_up: true)"
+    ]

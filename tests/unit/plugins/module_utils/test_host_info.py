@@ -161,10 +161,12 @@ def test_iommu_off(tmp_path):
 
 def test_sriov(fs, fakehost):
     devices = hi.gather_sriov(fs)["devices"]
+    # the fake tree has no /sys/class/net/<netdev>/flags: whether it is up is unknown
     assert devices == [
         {
             "address": fakehost["pf"],
             "netdevs": ["enp3s0f0"],
+            "up": None,
             "driver": "igb",
             "totalvfs": 7,
             "numvfs": 2,
@@ -286,3 +288,12 @@ def test_mounts_with_escaped_spaces(fs):
     with open(fs.path("/proc/mounts"), "w") as handle:
         handle.write("hugetlbfs /mnt/huge\\040pages hugetlbfs rw,pagesize=2M 0 0\n")
     assert facts_core.hugetlbfs_mounts(fs) == [{"path": "/mnt/huge pages", "pagesize": "2M"}]
+
+
+def test_sriov_pf_link_state(fs, fakehost):
+    for flags, up in (("0x1003", True), ("0x1002", False)):
+        path = fs.path("/sys/class/net/enp3s0f0")
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "flags"), "w", encoding="utf-8") as handle:
+            handle.write(flags + "\n")
+        assert hi.gather_sriov(fs)["devices"][0]["up"] is up

@@ -18,6 +18,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HostFS
 from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends
 
 PF = make_fake_host.PF
+PF_NETDEV = "enp3s0f0"
 VF0, VF1 = make_fake_host.VFS
 NIC = make_fake_host.NIC
 GPU, GPU_AUDIO = make_fake_host.GPU, make_fake_host.GPU_AUDIO
@@ -100,6 +101,9 @@ class FakeNet:
 
     def vfs(self, ifname):
         return {i: dict(v) for i, v in self.vf.setdefault(ifname, {}).items()}
+
+    def set_up(self, ifname):
+        self.calls.append((ifname, "up"))
 
     def set_vf(self, ifname, index, settings):
         self.calls.append((ifname, index, dict(settings)))
@@ -195,8 +199,17 @@ def vfio(host, *, devices=None, ids=None, state="bound", group_policy="fail", fo
     return _vfio_pci.ensure_vfio_pci(host.backends(), params, host.check_mode, sleep=lambda _s: None)
 
 
-def sriov(host, device, *, num_vfs=None, vfs=(), vf_driver=None, persistent=False, force=False, timeout=60):
-    params = {"device": device, "num_vfs": num_vfs, "vfs": list(vfs), "vf_driver": vf_driver, "persistent": persistent, "force": force, "timeout": timeout}
+def sriov(host, device, *, num_vfs=None, vfs=(), vf_driver=None, persistent=False, force=False, timeout=60, pf_up=False):
+    params = {
+        "device": device,
+        "num_vfs": num_vfs,
+        "vfs": list(vfs),
+        "vf_driver": vf_driver,
+        "persistent": persistent,
+        "force": force,
+        "timeout": timeout,
+        "pf_up": pf_up,
+    }
     return _sriov.ensure_sriov(host.backends(), params, host.check_mode, sleep=lambda _s: None)
 
 
@@ -377,7 +390,7 @@ def test_sriov_resolve_and_noop(fakehost, device):
     host = _host(fakehost)
     result = sriov(host, device, num_vfs=2)
     assert result["changed"] is False
-    assert result["pf"] == {"address": PF, "netdev": "enp3s0f0", "driver": "igb", "totalvfs": 7, "numvfs": 2}
+    assert result["pf"] == {"address": PF, "netdev": "enp3s0f0", "driver": "igb", "totalvfs": 7, "numvfs": 2, "up": True}
     assert [v["address"] for v in result["vfs"]] == [VF0, VF1]
 
 
@@ -610,3 +623,32 @@ def test_vfio_bad_input_non_hex_ids(fakehost, ids):
     host = _host(fakehost)
     with pytest.raises(ValidationError, match="four hex digits"):
         vfio(host, ids=[ids])
+
+
+def test_sriov_pf_up(fakehost):
+    host = _host(fakehost)
+    flags = "/sys/class/net/%s/flags" % PF_NETDEV
+    host.fs.write(flags, "0x1002")
+    assert sriov(host, PF, num_vfs=2)["pf"]["up"] is False
+    check = sriov(host.checking(), PF, num_vfs=2, pf_up=True)
+    assert check["changes"] == ["pf_up"] and check["diff"]["before"]["pf_up"] is False and check["diff"]["after"]["pf_up"] is True
+    assert host.net.calls == []
+    up = sriov(host, PF, num_vfs=2, pf_up=True, persistent=True)
+    assert up["changes"][0] == "pf_up" and up["pf"]["up"] is True
+    assert host.net.calls == [(PF_NETDEV, "up")]
+    rule = host.fs.read(_sriov.UDEV_RULE % PF)
+    assert 'KERNELS=="%s", RUN+="/usr/sbin/ip link set dev $name up"' % PF in rule
+    host.fs.write(flags, "0x1003")  # what the kernel shows now
+    again = sriov(host, PF, num_vfs=2, pf_up=True, persistent=True)
+    assert again["changed"] is False and host.net.calls == [(PF_NETDEV, "up")]
+    # pf_up=false leaves a PF that is up alone, and the rule stops bringing it up
+    left = sriov(host, PF, num_vfs=2, persistent=True)
+    assert left["changes"] == [_sriov.UDEV_RULE % PF] and 'up"' not in host.fs.read(_sriov.UDEV_RULE % PF)
+
+
+def test_sriov_pf_up_needs_a_netdev(fakehost):
+    host = _host(fakehost)
+    shutil.rmtree(host.fs.path("/sys/bus/pci/devices/%s/net" % PF))
+    with pytest.raises(ValidationError, match=r"pf_up brings the PF's network interface up, but 0000:03:00\.0 has none"):
+        sriov(host, PF, num_vfs=2, pf_up=True)
+    assert host.net.calls == []
