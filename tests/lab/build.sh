@@ -119,9 +119,22 @@ build_image() {
     }
     trap cleanup EXIT
     log "debootstrap $LAB_SUITE into $root"
-    debootstrap --variant=minbase \
-        --include=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,python3,python3-pyroute2,openssh-server,iproute2,netplan.io,apparmor,pciutils \
-        "$LAB_SUITE" "$root" "$LAB_MIRROR" >"$LAB/debootstrap.log" 2>&1 || { log "debootstrap failed, see $LAB/debootstrap.log"; return 1; }
+    # three tries: one lost download from the archive ("Couldn't download packages") must not cost the lab
+    local attempt
+    for attempt in 1 2 3; do
+        debootstrap --variant=minbase \
+            --include=systemd-sysv,udev,kmod,linux-image-amd64,initramfs-tools,python3,python3-pyroute2,openssh-server,iproute2,netplan.io,apparmor,pciutils \
+            "$LAB_SUITE" "$root" "$LAB_MIRROR" >"$LAB/debootstrap.log" 2>&1 && break
+        if [ "$attempt" -eq 3 ]; then
+            log "debootstrap failed three times, see $LAB/debootstrap.log"
+            return 1
+        fi
+        log "debootstrap attempt $attempt failed ($(grep -m1 '^E:' "$LAB/debootstrap.log" || echo 'see its log')); trying again"
+        unmount_below "$root" || return 1
+        rm -rf "$root"
+        mkdir -p "$root"
+        sleep 10
+    done
 
     echo virtops-lab >"$root/etc/hostname"
     printf '127.0.0.1 localhost\n127.0.1.1 virtops-lab\n' >"$root/etc/hosts"
@@ -148,11 +161,16 @@ NETPLAN
     cp /etc/resolv.conf "$root/etc/resolv.conf"
     mount -t proc proc "$root/proc"
     echo 'grub-pc grub-pc/install_devices_empty boolean true' | lab_chroot "$root" debconf-set-selections
-    if ! lab_chroot "$root" apt-get -q -y --no-install-recommends install grub-pc libvirt-daemon-system libvirt-clients \
-        python3-libvirt python3-lxml dnsmasq-base iptables qemu-system-x86 >"$LAB/apt-install.log" 2>&1; then
-        log "installing GRUB and libvirt in the image failed, see $LAB/apt-install.log"
-        return 1
-    fi
+    for attempt in 1 2 3; do
+        lab_chroot "$root" apt-get -q -y --no-install-recommends install grub-pc libvirt-daemon-system libvirt-clients \
+            python3-libvirt python3-lxml dnsmasq-base iptables qemu-system-x86 >"$LAB/apt-install.log" 2>&1 && break
+        if [ "$attempt" -eq 3 ]; then
+            log "installing GRUB, libvirt and QEMU in the image failed three times, see $LAB/apt-install.log"
+            return 1
+        fi
+        log "installing GRUB, libvirt and QEMU in the image: attempt $attempt failed; trying again"
+        sleep 10
+    done
     unmount_below "$root/proc"
     rm -f "$root/usr/sbin/policy-rc.d" "$root/etc/resolv.conf"
     # the image's initramfs was made with MODULES=most (a chroot has no hardware to look at); inside the lab,
