@@ -55,8 +55,10 @@ TCG_CMDLINE = ("tsc=reliable", "no_timer_check")
 # calibration fail ("tsc: Unable to calibrate against PIT", "No reference (HPET/PMTIMER) available"): microvm
 # has neither HPET nor an ACPI PM timer to fall back on, and the boot hangs (6 of 10 boots on a loaded 2-CPU
 # host, docs/benchmarks.md P3). tsc_early_khz= skips the calibration. The host's rate is read from
-# /proc/cpuinfo only where it is the TSC's: constant_tsc and no cpufreq driver (then "cpu MHz" is cpu_khz,
-# fixed at boot, so the unit file stays the same from run to run).
+# /proc/cpuinfo only where it is the TSC's: no cpufreq driver (then "cpu MHz" is cpu_khz, fixed at boot, so the
+# unit file stays the same from run to run) and either constant_tsc or the hypervisor flag. A virtual machine's
+# TSC runs at the rate its hypervisor gives it whatever its CPUID says: QEMU's TCG offers no invariant-TSC bit,
+# so a TCG VM (the lab VM, -cpu max) has no constant_tsc, and a microvm nested in it hung in the calibration.
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpu0/cpufreq"
 POWERDOWN_REPEAT = 15
 
@@ -236,7 +238,8 @@ def host_tsc_khz(fs):
     if fs.isdir(CPUFREQ_DIR):
         return None
     info = cpuinfo_first(fs)
-    if "constant_tsc" not in info.get("flags", "").split():
+    flags = info.get("flags", "").split()
+    if "constant_tsc" not in flags and "hypervisor" not in flags:
         return None
     try:
         khz = round(float(info.get("cpu MHz", "")) * 1000)

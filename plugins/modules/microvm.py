@@ -56,15 +56,16 @@ options:
         and panic quit QEMU.
       - Under TCG (O(accel) starting with V(tcg)) C(tsc=reliable no_timer_check) are appended unless
         O(tcg_cmdline=false), and C(tsc_early_khz=) with the host's TSC rate where C(/proc/cpuinfo) gives it
-        (C(constant_tsc), no cpufreq driver) and the command line sets none.
+        (no cpufreq driver, and C(constant_tsc) or, in a virtual machine, the C(hypervisor) flag) and the command line
+        sets none.
     type: str
     default: console=ttyS0 reboot=t panic=-1
   tcg_cmdline:
     description:
       - Append C(tsc=reliable no_timer_check) to the command line when the first accelerator is V(tcg).
       - Also append C(tsc_early_khz=) with the host's TSC rate when C(/proc/cpuinfo) gives it reliably. Without it a
-        TCG guest on a loaded host may fail to calibrate its TSC against the PIT, and a microvm has no other timer to
-        fall back on, so its boot hangs.
+        TCG guest on a loaded host, or nested in a virtual machine, may fail to calibrate its TSC against the PIT, and a
+        microvm has no other timer to fall back on, so its boot hangs.
     type: bool
     default: true
   memory_mib:

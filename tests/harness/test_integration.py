@@ -4,8 +4,9 @@
 
 One pytest test per target, so the run ends with pytest's own count of passed, failed and
 skipped targets. A target is skipped (with its reason, never counted as passed) only when the
-machine lacks what its ``aliases`` say it needs. ``VIRTOPS_TARGETS`` (space separated) narrows
-the run to some targets.
+machine lacks what its ``aliases`` say it needs, or when its aliases say ``slow`` and the run did not
+ask for slow targets (``VIRTOPS_SLOW=1``, or the target named in ``VIRTOPS_TARGETS``).
+``VIRTOPS_TARGETS`` (space separated) narrows the run to some targets.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def _targets():
     return found
 
 
-def _missing_requirement(aliases):
-    """Why this machine cannot run a target, or None."""
+def _missing_requirement(aliases, target):
+    """Why this machine (or this run) cannot run a target, or None."""
+    if "slow" in aliases and not os.environ.get("VIRTOPS_SLOW") and target.name not in os.environ.get("VIRTOPS_TARGETS", "").split():
+        return "slow (its aliases say how long): VIRTOPS_SLOW=1 make integration, or VIRTOPS_TARGETS=%s, runs it" % target.name
     for alias in sorted(aliases):
         if alias.startswith("needs/file/"):
             path = "/" + alias[len("needs/file/") :]
@@ -60,7 +63,7 @@ def _missing_requirement(aliases):
 
 @pytest.mark.parametrize("target", _targets(), ids=lambda t: t.name)
 def test_integration_target(target):
-    reason = _missing_requirement(_aliases(target))
+    reason = _missing_requirement(_aliases(target), target)
     if reason:
         pytest.skip(reason)
     cmd = ["ansible-test", "integration", "--local", "--allow-destructive", "--color", "no", "-v", target.name]

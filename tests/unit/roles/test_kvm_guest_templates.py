@@ -46,7 +46,8 @@ PLAY = """---
                         'addresses': lookup('ansible.builtin.template', 'addresses.json.j2') | from_json,
                         'volumes': lookup('ansible.builtin.template', 'volumes.json.j2') | from_json,
                         'seeds': lookup('ansible.builtin.template', 'seeds.json.j2') | from_json,
-                        'gone': lookup('ansible.builtin.template', 'gone.json.j2') | from_json}} | to_json }}}}"
+                        'gone': lookup('ansible.builtin.template', 'gone.json.j2') | from_json,
+                        'microvms': (lookup('ansible.builtin.template', 'microvms.json.j2') | from_json) if not __kvm_guest_errors else []}} | to_json }}}}"
 """
 
 HOST = {
@@ -286,3 +287,106 @@ def test_a_running_guest_on_a_pf_that_is_down_is_refused(tmp_path):
     assert result["errors"] == [
         "guest r: sriov_pf 'enp3s0f0' is down: libvirt gives a VF to a guest as an interface only when its PF is up (virtops.kvm.sriov pf_up: true)"
     ]
+
+
+# -- machine: microvm (run by virtops.kvm.microvm, not libvirt) --------------------------------------------
+MICROVM_STATS = [
+    {"item": "/srv/base.qcow2", "stat": {"exists": True, "isreg": True}},
+    {"item": "/srv/mvm/vmlinuz", "stat": {"exists": True, "isreg": True}},
+    {"item": "/srv/mvm/initrd.img", "stat": {"exists": True, "isreg": True}},
+    {"item": "/run/systemd/system", "stat": {"exists": True, "isdir": True}},
+]
+MICROVM = {"name": "edge", "machine": "microvm", "kernel": "/srv/mvm/vmlinuz", "initrd": "/srv/mvm/initrd.img", "memory_mib": 192}
+VOLUME_RESULTS = {
+    "results": [
+        {"name": "default/kvm-guest-base-abababababababab.qcow2", "volume": {"path": "/pool/kvm-guest-base-abababababababab.qcow2"}},
+        {"name": "default/disk.qcow2", "volume": {"path": "/pool/disk.qcow2"}},
+        {"name": "default/disk-data.raw", "volume": {"path": "/pool/disk-data.raw"}},
+    ]
+}
+
+
+def test_microvm_entries_go_to_the_microvm_module_not_to_libvirt(tmp_path):
+    guests = [
+        dict(MICROVM, interfaces=[{"user": {"port_forwards": [{"host": 2223, "guest": 22}]}}, {"bridge": "br0", "mac": "52:54:00:AA:BB:CC"}], autostart=True),
+        dict(MICROVM, name="disk", image=IMAGE, disks=[{"name": "data", "size_gib": 1, "format": "raw"}], cloud_init={"user": "u"}, state="shutdown"),
+        dict(MICROVM, name="hard", state="destroyed", cmdline="console=ttyS0 quiet"),
+        {"name": "gone", "machine": "microvm", "state": "absent"},
+        {"name": "web", "interfaces": [{"network": "default"}]},
+    ]
+    seeds = {"results": [{"name": "default/disk-seed.iso", "path": "/pool/disk-seed.iso"}]}
+    result = render(tmp_path, guests, __kvm_guest_image_stats=MICROVM_STATS, __kvm_guest_volume_result=VOLUME_RESULTS, __kvm_guest_seed_result=seeds)
+    assert result["errors"] == []
+    assert [entry["name"] for entry in result["domains"]] == ["web"]
+    by_name = {entry["name"]: entry for entry in result["microvms"]}
+    assert list(by_name) == ["edge", "disk", "hard", "gone"]
+    edge = by_name["edge"]
+    assert (edge["state"], edge["accel"], edge["memory_mib"], edge["vcpus"], edge["enabled"], edge["skip"]) == ("running", ["tcg"], 192, 1, True, False)
+    assert edge["kernel"] == "/srv/mvm/vmlinuz" and edge["initrd"] == "/srv/mvm/initrd.img" and edge["cmdline"] is None
+    user, bridge = edge["interfaces"]
+    assert user["type"] == "user" and user["port_forwards"] == [{"host_port": 2223, "guest_port": 22}]
+    assert user["mac"].startswith("52:54:00:")
+    assert bridge == {"type": "bridge", "bridge": "br0", "mac": "52:54:00:aa:bb:cc"}
+    # the overlay first, then the extra disk, then the seed read-only
+    assert by_name["disk"]["disks"] == [
+        {"path": "/pool/disk.qcow2", "format": "qcow2"},
+        {"path": "/pool/disk-data.raw", "format": "raw"},
+        {"path": "/pool/disk-seed.iso", "format": "raw", "readonly": True},
+    ]
+    assert (by_name["disk"]["state"], by_name["disk"]["force"], by_name["disk"]["shutdown_timeout"]) == ("stopped", False, 120)
+    assert (by_name["hard"]["state"], by_name["hard"]["force"], by_name["hard"]["shutdown_timeout"]) == ("stopped", True, 0)
+    assert by_name["hard"]["cmdline"] == "console=ttyS0 quiet"
+    assert by_name["gone"] == {"name": "gone", "state": "absent", "shutdown_timeout": 120, "skip": False}
+    # the console the role waits on is the module's
+    assert result["guests"][0]["console_log"] == "/var/lib/virtops-microvm/edge/console.log"
+    # the ssh forward makes it reachable and added to the inventory like the other guests
+    assert result["addresses"]["reach"]["edge"] == {"host": "127.0.0.1", "port": 2223}
+
+
+def test_microvm_in_check_mode_without_its_volumes_is_not_run(tmp_path):
+    guests = [dict(MICROVM, image=IMAGE, wait_for="none"), dict(MICROVM, name="plain", wait_for="none")]
+    result = render(tmp_path, guests, check=True, __kvm_guest_image_stats=MICROVM_STATS, __kvm_guest_volume_result={"results": []})
+    assert [(entry["name"], entry["skip"]) for entry in result["microvms"]] == [("edge", True), ("plain", False)]
+
+
+def test_microvm_entries_refused_before_anything_changes(tmp_path):
+    running = "<domain type='qemu'><name>taken</name><devices/></domain>"
+    guests = [
+        {"name": "nokernel", "machine": "microvm", "wait_for": "none"},
+        dict(MICROVM, name="missing", kernel="/srv/mvm/nope", initrd="relative.img", wait_for="none"),
+        dict(
+            MICROVM,
+            name="fw",
+            firmware="uefi",
+            hostdevs=[{"pci": "0000:05:00.1"}],
+            hugepages={"size": "2M"},
+            cpu={"mode": "host-model"},
+            filesystems=[{"source": "/srv", "target": "s"}],
+            interfaces=[{"network": "default"}, {"sriov_pf": "enp3s0f0"}],
+            wait_for="none",
+        ),
+        dict(MICROVM, name="paused", state="paused", wait_for="none"),
+        dict(MICROVM, name="nossh", interfaces=[{"user": {}}]),
+        dict(MICROVM, name="taken", wait_for="none"),
+        {"name": "lib", "kernel": "/srv/mvm/vmlinuz", "wait_for": "none"},
+    ]
+    errors = render(tmp_path, guests, domains=[{"name": "taken", "state": "running", "xml": running}], __kvm_guest_image_stats=MICROVM_STATS)["errors"]
+    assert errors[:7] == [
+        "guest nokernel: machine microvm boots a kernel directly (no firmware boots the disk): give kernel (and initrd, cmdline)",
+        "guest missing: kernel /srv/mvm/nope does not exist on the hypervisor (give the absolute path of a file)",
+        "guest missing: initrd relative.img does not exist on the hypervisor (give the absolute path of a file)",
+        "guest fw: machine microvm cannot have firmware uefi (microvm boots through qboot, there is no UEFI), hostdevs (microvm has no PCI bus), hugepages, "
+        "filesystems, cpu (QEMU picks the CPU model), libvirt network interfaces (a microvm NIC is user networking or a tap on a bridge), "
+        "sriov_pf interfaces (a microvm NIC is user networking or a tap on a bridge)",
+        "guest paused: state paused is not possible for a microvm guest (a systemd unit runs or does not): use running, shutdown, destroyed or absent",
+        "guest nossh: a microvm guest is not on a libvirt network, so its address is not known: wait_for ssh needs a user interface forwarding a host port "
+        "to guest port 22 (or wait_for: none, or {console: REGEX})",
+        "guest taken: libvirt has a guest of this name: remove it (state: absent, without machine: microvm) before running it as a microvm",
+    ]
+    assert errors[7].startswith("guest lib: kernel, initrd and cmdline are for machine: microvm guests")
+
+
+def test_microvm_needs_systemd_on_the_hypervisor(tmp_path):
+    stats = [stat for stat in MICROVM_STATS if stat["item"] != "/run/systemd/system"] + [{"item": "/run/systemd/system", "stat": {"exists": False}}]
+    errors = render(tmp_path, [dict(MICROVM, wait_for="none")], __kvm_guest_image_stats=stats)["errors"]
+    assert errors == ["guest edge: machine microvm guests run as systemd units and this host's PID 1 is not systemd (/run/systemd/system is missing)"]

@@ -117,12 +117,15 @@ def test_tcg_guest_gets_the_hosts_tsc_rate_so_its_kernel_skips_pit_calibration(h
     assert _microvm.effective_cmdline(_microvm.validate(host["fs"], guest(accel=["kvm", "tcg"]))) == "console=ttyS0 reboot=t panic=-1"
 
 
-def test_no_tsc_rate_where_cpuinfo_does_not_give_the_tscs(host):
+def test_tsc_rate_only_where_cpuinfo_gives_the_tscs(host):
     (host["root"] / "proc").mkdir()
     (host["root"] / "proc/cpuinfo").write_text(CPUINFO.replace(" constant_tsc", ""), encoding="utf-8")
     assert _microvm.validate(host["fs"], guest())["tsc_khz"] is None
+    # a virtual machine's TSC runs at its hypervisor's rate: a TCG VM (-cpu max) has the hypervisor flag and no constant_tsc
+    (host["root"] / "proc/cpuinfo").write_text(CPUINFO.replace(" constant_tsc nonstop_tsc", " hypervisor"), encoding="utf-8")
+    assert _microvm.validate(host["fs"], guest())["tsc_khz"] == 2596142
     (host["root"] / "proc/cpuinfo").write_text(CPUINFO, encoding="utf-8")
-    # a cpufreq driver: "cpu MHz" is the current clock, not the TSC's (and would change the unit every run)
+    # a cpufreq driver (in a VM as on metal): "cpu MHz" is the current clock, not the TSC's (and would change the unit every run)
     (host["root"] / "sys/devices/system/cpu/cpu0/cpufreq").mkdir(parents=True)
     assert _microvm.validate(host["fs"], guest())["tsc_khz"] is None
 
