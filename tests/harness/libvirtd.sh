@@ -49,7 +49,9 @@ case "${1:-}" in
       echo systemd > "$state"
     else
       mkdir -p /run/libvirt
-      pgrep -x virtlogd >/dev/null || virtlogd -d
+      # by its socket, not by process name: a virtlogd of another PID namespace (make test-fresh's root, a
+      # container) shows in pgrep here but serves another /run
+      [ -S /run/libvirt/virtlogd-sock ] || virtlogd -d
       libvirtd -d
       echo manual > "$state"
     fi
@@ -64,7 +66,9 @@ case "${1:-}" in
       systemctl stop libvirtd.service
     else
       for daemon in libvirtd virtlogd; do
-        pid=$(cat "/run/$daemon.pid" 2>/dev/null || pgrep -xo "$daemon" || true)
+        # only a daemon of this PID namespace: pgrep alone would also find (and this would kill) the daemons
+        # of a make test-fresh root or a container running beside this run
+        pid=$(cat "/run/$daemon.pid" 2>/dev/null || pgrep -xo --ns $$ --nslist pid "$daemon" || true)
         if [ -n "$pid" ]; then
           kill "$pid" 2>/dev/null || true
         fi
