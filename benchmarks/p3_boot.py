@@ -214,7 +214,14 @@ def section(rows, runs, tsc_khz, timeout):
         "kHz>` on the kernel command line (%s kHz here, from `tsc: Detected ... MHz`) skips the calibration; `quiet`" % (tsc_khz or "the"),
         "saves the console output; under KVM kvm-clock makes all of it unnecessary. The module's defaults: PIT, PIC, RTC,",
         "ISA serial and ACPI (for `system_powerdown`) on, and under TCG `tsc=reliable no_timer_check` plus `tsc_early_khz=`",
-        "with the host's TSC rate where /proc/cpuinfo gives it (`constant_tsc`, no cpufreq driver).",
+        "with the host's TSC rate where /proc/cpuinfo gives it (`constant_tsc` or the `hypervisor` flag, no cpufreq",
+        "driver).",
+        "",
+        "What a user changes to get microvm's fast boot: a guest kernel with virtio-mmio, virtio-blk, virtio-net and the",
+        "root file system built in (`CONFIG_VIRTIO_MMIO=y`, `CONFIG_VIRTIO_BLK=y`, `CONFIG_VIRTIO_NET=y`, `CONFIG_EXT4_FS=y`),",
+        "so no initramfs has to load modules (the fixture's 14 modules and its 1 s sleep are more than half of the boot",
+        "here), or no initramfs at all (`root=/dev/vda`); `quiet`; and KVM, where the kernel's init calls (1.0 s under",
+        "TCG here) shrink to a fraction and the firmware and device probing that microvm removes become the larger part.",
         "",
     ]
     return "\n".join(lines)
