@@ -10,6 +10,8 @@ export VIRTOPS_TEST_CACHE ?= /var/cache/virtops-kvm-tests
 # (inside one it lists files with git); the mirror lives in a directory named after this checkout.
 export VIRTOPS_BUILD ?= /tmp/virtops-kvm-build-$(shell printf %s '$(CURDIR)' | cksum | cut -d' ' -f1)
 COLL := $(VIRTOPS_BUILD)/ansible_collections/virtops/kvm
+# the lab VM's targets run from a copy of the mirror, beside this machine's (make integration)
+LABCOLL := $(VIRTOPS_BUILD)-lab/ansible_collections/virtops/kvm
 HARNESS := $(CURDIR)/tests/harness
 
 .PHONY: test test-fresh bench reliability-doc deps collection lint sanity units package integration guest demo build docs clean
@@ -62,18 +64,40 @@ integration: collection guest
 	trap '$(HARNESS)/libvirtd.sh stop' EXIT
 	# the lab VM (tests/lab) boots only when a selected target needs it; it writes a status file that
 	# says "ready" or why it cannot run, and its targets are skipped with that reason
+	lab= host=
 	for target in $${VIRTOPS_TARGETS:-$$(ls tests/integration/targets)}; do
-	  if grep -qx 'needs/lab' "tests/integration/targets/$$target/aliases" 2>/dev/null; then
-	    export VIRTOPS_LAB_STATUS=$$($(CURDIR)/tests/lab/start.sh)
-	    trap '$(CURDIR)/tests/lab/stop.sh; $(HARNESS)/libvirtd.sh stop' EXIT
-	    echo "lab: $$(cat "$$VIRTOPS_LAB_STATUS")"
-	    break
-	  fi
+	  case $$target in setup_*) continue ;; esac
+	  if grep -qx 'needs/lab' "tests/integration/targets/$$target/aliases" 2>/dev/null; then lab=1; else host=1; fi
 	done
-	cd $(COLL)
-	# conftest.py prints a per-target timing table at the end and writes it to VIRTOPS_TIMING_FILE
-	VIRTOPS_COLLECTION=$(COLL) VIRTOPS_TIMING_FILE=$(CURDIR)/tests/output/integration-timing.tsv \
-	  $(HARNESS)/pytest.sh pytest -p no:cacheprovider -rs -v tests/harness/test_integration.py
+	if [ -n "$$lab" ]; then
+	  export VIRTOPS_LAB_STATUS=$$($(CURDIR)/tests/lab/start.sh)
+	  trap '$(CURDIR)/tests/lab/stop.sh; $(HARNESS)/libvirtd.sh stop' EXIT
+	  echo "lab: $$(cat "$$VIRTOPS_LAB_STATUS")"
+	fi
+	mkdir -p $(CURDIR)/tests/output
+	# The lab's targets run inside the lab VM and this machine's targets on its libvirtd: the two halves share
+	# nothing, so they run side by side (VIRTOPS_PART), the lab's from a mirror of its own (ansible-test keeps
+	# its state in the collection's tests/output). conftest.py prints a per-target timing table for each half
+	# and writes it to VIRTOPS_TIMING_FILE; the lab half's output follows this machine's.
+	lab_rc=0 host_rc=0 lab_pid=
+	if [ -n "$$lab" ]; then
+	  mkdir -p $(LABCOLL)
+	  rsync -a --delete $(COLL)/ $(LABCOLL)/
+	  (cd $(LABCOLL) && VIRTOPS_PART=lab VIRTOPS_COLLECTION=$(LABCOLL) VIRTOPS_TIMING_FILE=$(CURDIR)/tests/output/integration-timing-lab.tsv \
+	    $(HARNESS)/pytest.sh pytest -p no:cacheprovider -rs -v tests/harness/test_integration.py) >$(CURDIR)/tests/output/integration-lab.log 2>&1 &
+	  lab_pid=$$!
+	fi
+	if [ -n "$$host" ]; then
+	  (cd $(COLL) && VIRTOPS_PART=host VIRTOPS_COLLECTION=$(COLL) VIRTOPS_TIMING_FILE=$(CURDIR)/tests/output/integration-timing.tsv \
+	    $(HARNESS)/pytest.sh pytest -p no:cacheprovider -rs -v tests/harness/test_integration.py) || host_rc=$$?
+	fi
+	if [ -n "$$lab_pid" ]; then
+	  wait "$$lab_pid" || lab_rc=$$?
+	  echo "==== the lab VM's targets (tests/output/integration-lab.log) ===="
+	  cat $(CURDIR)/tests/output/integration-lab.log
+	fi
+	echo "integration: this machine's targets exit $$host_rc, the lab's exit $$lab_rc"
+	[ "$$host_rc" -eq 0 ] && [ "$$lab_rc" -eq 0 ]
 
 ## demo: provision this machine as a KVM host, boot a Debian guest on it and run a command in it over ssh
 demo: collection guest
@@ -119,4 +143,4 @@ reliability-doc:
 	python tests/reliability/render.py
 
 clean:
-	rm -rf $(VIRTOPS_BUILD) tests/output virtops-kvm-*.tar.gz
+	rm -rf $(VIRTOPS_BUILD) $(VIRTOPS_BUILD)-lab tests/output virtops-kvm-*.tar.gz

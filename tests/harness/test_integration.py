@@ -6,7 +6,8 @@ One pytest test per target, so the run ends with pytest's own count of passed, f
 skipped targets. A target is skipped (with its reason, never counted as passed) only when the
 machine lacks what its ``aliases`` say it needs, or when its aliases say ``slow`` and the run did not
 ask for slow targets (``VIRTOPS_SLOW=1``, or the target named in ``VIRTOPS_TARGETS``).
-``VIRTOPS_TARGETS`` (space separated) narrows the run to some targets.
+``VIRTOPS_TARGETS`` (space separated) narrows the run to some targets; ``VIRTOPS_PART`` (``lab`` or
+``host``) to the targets that need the lab VM, or to the others.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def _targets():
         if target.name.startswith("setup_") or aliases & {"hidden", "disabled", "unsupported"}:
             continue
         if wanted and target.name not in wanted:
+            continue
+        # make integration runs the lab VM's targets and this machine's side by side, one part each
+        part = os.environ.get("VIRTOPS_PART")
+        if part and ("needs/lab" in aliases) != (part == "lab"):
             continue
         found.append(target)
     return found
