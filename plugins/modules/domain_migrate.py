@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: domain_migrate
 short_description: Migrate a libvirt guest to another host, live or offline
-version_added: 0.3.0
+version_added: 0.2.0
 description:
   - Moves one guest from the libvirt host at O(uri) to the one at O(dest_uri), peer to peer (the source's
     libvirt daemon connects to O(dest_uri), so that URI must work from the source host too).
