@@ -75,6 +75,16 @@ integration: collection guest
 	  echo "lab: $$(cat "$$VIRTOPS_LAB_STATUS")"
 	fi
 	mkdir -p $(CURDIR)/tests/output
+	# ansible-test makes its ssh key pair (~/.ansible/test/id_rsa) on its first run. On a new machine the two halves
+	# below would make it at the same time, and the second ssh-keygen stops at "id_rsa already exists. Overwrite
+	# (y/n)?" (the lab half's first target failed so): it is made here first, the way ansible-test makes it.
+	key=$$HOME/.ansible/test/id_rsa
+	if [ ! -f "$$key" ] || [ ! -f "$$key.pub" ]; then
+	  mkdir -p "$$(dirname "$$key")"
+	  rm -f "$$key" "$$key.pub"
+	  ssh-keygen -m PEM -q -t rsa -N '' -f "$$key"
+	  sed -i -E 's/(BEGIN|END) PRIVATE KEY/\1 RSA PRIVATE KEY/' "$$key"
+	fi
 	# The lab's targets run inside the lab VM and this machine's targets on its libvirtd: the two halves share
 	# nothing, so they run side by side (VIRTOPS_PART), the lab's from a mirror of its own (ansible-test keeps
 	# its state in the collection's tests/output). conftest.py prints a per-target timing table for each half

@@ -117,7 +117,7 @@ def rpc_calls(log):
 
 def cleanup(count):
     for number in range(count):
-        for name in ("%s%02d" % (PREFIX, number), "%srole-%02d" % (PREFIX, number)):
+        for name in ("%s%02d" % (PREFIX, number), "%srole-%02d" % (PREFIX, number), "%ssame-%02d" % (PREFIX, number)):
             run(["virsh", "-c", URI, "undefine", name], check=False)
     pool = run(["virsh", "-c", URI, "vol-list", POOL], check=False)
     for line in pool.stdout.splitlines()[2:]:
@@ -291,7 +291,8 @@ def main(argv):
         ("virtops.kvm domain, loop of one task per guest", ours, "virtops_loop.yml", env_ours),
         ("community.libvirt virt command=define, loop", theirs, "community_loop.yml", env_theirs),
         ("ansible.builtin.ping, loop (per-task floor)", ours, "ping_loop.yml", env_ours),
-        ("virtops.kvm kvm_guest role (one volume, one seed, one domain call)", ours, "kvm_guest_role.yml", env_ours),
+        ("virtops.kvm kvm_guest role, the same guests (no disk, no seed)", ours, "kvm_guest_role_same.yml", env_ours),
+        ("virtops.kvm kvm_guest role, each guest with an overlay and a seed (one volume, one seed, one domain call)", ours, "kvm_guest_role.yml", env_ours),
     ]
     sections = {}
     with tempfile.TemporaryDirectory(prefix="virtops-bench-") as tmp:
@@ -316,7 +317,14 @@ def bench_p1(args, cache, guests, scenarios, tmp):
             {"name": "%srole-%02d" % (PREFIX, n), "state": "present", "memory_mib": 64, "image": {"src": str(image)}, "cloud_init": {"user": "bench"}}
             for n in range(args.guests)
         ]
-        varsfile.write_text(json.dumps({"bench_guests": guests, "bench_pool": POOL, "bench_role_guests": role_guests}), encoding="utf-8")
+        # the define loop's guests as kvm_guest_list entries: 64 MiB, one vCPU, q35, a user-mode NIC, no disk
+        same_guests = [
+            {"name": "%ssame-%02d" % (PREFIX, n), "state": "present", "memory_mib": 64, "vcpus": 1, "machine": "q35", "interfaces": [{"user": {}}], "wait_for": "none"}
+            for n in range(args.guests)
+        ]
+        varsfile.write_text(
+            json.dumps({"bench_guests": guests, "bench_pool": POOL, "bench_role_guests": role_guests, "bench_same_guests": same_guests}), encoding="utf-8"
+        )
         for label, bin_dir, book, scenario_env in scenarios:
             playbook(bin_dir, book, varsfile, scenario_env)  # converge first: the timed runs should change nothing
             times, changed = [], []
