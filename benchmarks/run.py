@@ -318,10 +318,8 @@ def bench_p1(args, cache, guests, scenarios, tmp):
             for n in range(args.guests)
         ]
         # the define loop's guests as kvm_guest_list entries: 64 MiB, one vCPU, q35, a user-mode NIC, no disk
-        same_guests = [
-            {"name": "%ssame-%02d" % (PREFIX, n), "state": "present", "memory_mib": 64, "vcpus": 1, "machine": "q35", "interfaces": [{"user": {}}], "wait_for": "none"}
-            for n in range(args.guests)
-        ]
+        same = {"state": "present", "memory_mib": 64, "vcpus": 1, "machine": "q35", "interfaces": [{"user": {}}], "wait_for": "none"}
+        same_guests = [dict(same, name="%ssame-%02d" % (PREFIX, n)) for n in range(args.guests)]
         varsfile.write_text(
             json.dumps({"bench_guests": guests, "bench_pool": POOL, "bench_role_guests": role_guests, "bench_same_guests": same_guests}), encoding="utf-8"
         )

@@ -127,16 +127,21 @@ def check_params(params):
 # ---------------------------------------------------------------------------------------------
 
 
-def machine_aliases(conn):
-    """``{alias: canonical}`` machine types from libvirt's capabilities (``q35`` -> ``pc-q35-7.2``)."""
-    aliases = {}
-    with translated("cannot read libvirt's capabilities"):
-        caps = parse_xml(conn.getCapabilities(), "libvirt's capabilities")
-    for machine in caps.iter("machine"):
-        canonical = machine.get("canonical")
-        if canonical and machine.text:
-            aliases.setdefault(machine.text.strip(), canonical)
-    return aliases
+def machine_aliases(client):
+    """``{alias: canonical}`` machine types from libvirt's capabilities (``q35`` -> ``pc-q35-7.2``), read once
+    per connection (a batch of guests needs them for each guest's comparison)."""
+
+    def read():
+        aliases = {}
+        with translated("cannot read libvirt's capabilities"):
+            caps = parse_xml(client.conn.getCapabilities(), "libvirt's capabilities")
+        for machine in caps.iter("machine"):
+            canonical = machine.get("canonical")
+            if canonical and machine.text:
+                aliases.setdefault(machine.text.strip(), canonical)
+        return aliases
+
+    return client.memo("machine_aliases", read)
 
 
 def domain_equivalence(aliases):
@@ -206,7 +211,7 @@ def plan_definition(client, name, xml_text, dom):
         write_last_applied(merged, mask_secrets(intent))
         return intent, None, merged, True
     current = inactive_xml(dom)
-    merged = three_way_merge(intent, current, read_last_applied(current), equal=domain_equivalence(machine_aliases(client.conn)))
+    merged = three_way_merge(intent, current, read_last_applied(current), equal=domain_equivalence(machine_aliases(client)))
     _follow_memory(intent, current, merged)
     write_last_applied(merged, mask_secrets(intent))
     return intent, current, merged, not xml_equal(merged, current)
@@ -235,7 +240,7 @@ def pending_restart(client, dom, intent=None):
     with translated("cannot read the live XML of guest %s" % dom.name()):
         live = parse_xml(dom.XMLDesc(VIR_DOMAIN_XML_SECURE), "libvirt's live XML")
     _firmware_resolved(intent, live)
-    merged = three_way_merge(intent, live, read_last_applied(live), equal=live_equivalence(machine_aliases(client.conn)))
+    merged = three_way_merge(intent, live, read_last_applied(live), equal=live_equivalence(machine_aliases(client)))
     if given:
         return not xml_equal(merged, live)
     # the stored intent holds placeholders, not the secret values: compare everything else

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _libvirt
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import gather_domains
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
 from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import (
     NODES,
@@ -27,6 +28,8 @@ from ansible_collections.virtops.kvm.plugins.module_utils._pci import PCI_DEVICE
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml
 
 SUBSETS = ("cpu", "kvm", "numa", "hugepages", "iommu", "sriov", "apparmor", "ksm", "libvirt")
+# groups read only when named: not part of "all"
+EXTRA_SUBSETS = ("domains",)
 KVM_DEVICE = "/dev/kvm"
 KVM_FIX = 'chgrp kvm /dev/kvm && chmod 0660 /dev/kvm, and keep it so at boot with a udev rule (KERNEL=="kvm", GROUP="kvm", MODE="0660"), then restart libvirtd'
 SLOW_LIBVIRT = (
@@ -358,6 +361,12 @@ def gather(fs, subsets, client_factory=None, libvirt_required=False):
         facts["libvirt"], error = _libvirt_facts(client_factory, libvirt_required)
         if error is not None:
             facts["libvirt_error"] = error
+    if "domains" in subsets:
+        # as domain_info with include_xml reports them: a role that needs the host and its guests reads both in one call
+        try:
+            facts["domains"] = gather_domains(client_factory(), include_xml=True)
+        except LibvirtError as exc:
+            raise LibvirtError("the guests were requested (gather: domains) but %s. Start libvirtd or fix uri." % exc.msg, code=exc.code) from exc
     return facts
 
 
@@ -365,7 +374,7 @@ def ensure_host_info(backends, params, check_mode):
     """The module's entry point (read-only): the facts ``params['gather']`` names."""
     del check_mode  # nothing is changed either way
     requested = params.get("gather") or ["all"]
-    subsets = set(SUBSETS) if "all" in requested else set(requested)
+    subsets = (set(SUBSETS) | set(requested) - {"all"}) if "all" in requested else set(requested)
 
     def client_factory():
         if _libvirt.libvirt is None:

@@ -181,6 +181,7 @@ class LibvirtClient:
         self.conn = conn
         self.uri = uri or conn.getURI()
         self._refreshed = set()
+        self._memo = {}
 
     @classmethod
     def open(cls, uri, read_only=False):
@@ -244,6 +245,13 @@ class LibvirtClient:
         if name not in self._refreshed:
             self.call("cannot refresh pool %s" % name, pool.refresh, 0)
             self._refreshed.add(name)
+
+    def memo(self, key, factory):
+        """``factory()``, computed once per connection under ``key``: for what does not change while the
+        connection is open (the host's capabilities), so a batch of entries reads it once."""
+        if key not in self._memo:
+            self._memo[key] = factory()
+        return self._memo[key]
 
     def call(self, action, func, *args):
         """Run ``func(*args)``; a libvirt error becomes :class:`LibvirtError` prefixed by ``action``."""

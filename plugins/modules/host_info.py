@@ -17,11 +17,15 @@ description:
 options:
   gather:
     description:
-      - Which groups of facts to return. V(all) means every group; with V(all), an unreachable
+      - Which groups of facts to return. V(all) means every group but V(domains); with V(all), an unreachable
         libvirt gives RV(host.libvirt=null) and RV(host.libvirt_error) instead of a failure.
+      - V(domains) lists the guests libvirt holds, with their XML, as M(virtops.kvm.domain_info) with
+        O(virtops.kvm.domain_info#module:include_xml=true) does, so that a play that needs the host's facts and its
+        guests reads both in one task (the kvm_guest role does). It is read only when named, and an unreachable
+        libvirt then fails the module.
     type: list
     elements: str
-    choices: [all, cpu, kvm, numa, hugepages, iommu, sriov, apparmor, ksm, libvirt]
+    choices: [all, cpu, kvm, numa, hugepages, iommu, sriov, apparmor, ksm, libvirt, domains]
     default: [all]
 extends_documentation_fragment:
   - virtops.kvm._hostfs
@@ -135,6 +139,16 @@ host:
                domain_types: [kvm, qemu], host_maxphysaddr: {mode: emulate, bits: 46}, hpb_machine_types: [],
                networks: [{name: default, active: true, autostart: true, bridge: virbr0}],
                pools: [{name: default, active: true, autostart: true}]}
+    domains:
+      description:
+        - The guests libvirt holds, sorted by name, each as RV(virtops.kvm.domain_info#module:domains) describes it,
+          with its XML (passwords masked).
+      returned: when gathered (O(gather) names V(domains))
+      type: list
+      elements: dict
+      sample: [{name: web1, uuid: 4dea22b3-1d52-d8f3-2516-782e98ab3fa0, state: running, state_reason: booted, persistent: true,
+                autostart: false, vcpus: {current: 1, maximum: 1}, memory: {current_kib: 1048576, maximum_kib: 1048576},
+                machine: pc-q35-7.2, arch: x86_64, firmware: bios, disks: [], interfaces: [], xml: "<domain type='kvm'>...</domain>"}]
     libvirt_error:
       description: Why libvirt facts are null.
       returned: when libvirt facts were gathered implicitly and libvirt could not be reached
@@ -143,7 +157,7 @@ host:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtops.kvm.plugins.module_utils._host_info import SUBSETS, ensure_host_info
+from ansible_collections.virtops.kvm.plugins.module_utils._host_info import EXTRA_SUBSETS, SUBSETS, ensure_host_info
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HOSTFS_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import LIBVIRT_COMMON_ARGS
 from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_module
@@ -151,7 +165,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_mod
 
 def main():
     argument_spec = dict(
-        gather=dict(type="list", elements="str", default=["all"], choices=["all", *SUBSETS]),
+        gather=dict(type="list", elements="str", default=["all"], choices=["all", *SUBSETS, *EXTRA_SUBSETS]),
     )
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     argument_spec.update(HOSTFS_COMMON_ARGS)

@@ -24,6 +24,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import (
     VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
     VIR_DOMAIN_XML_INACTIVE,
     VIR_DOMAIN_XML_SECURE,
+    LibvirtClient,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends, finish
 from ansible_collections.virtops.kvm.plugins.module_utils._xml import parse_xml, read_last_applied, to_string
@@ -318,12 +319,31 @@ def test_referenced_storage(disk, expected):
 
 
 def test_machine_aliases_from_capabilities(test_conn):
-    aliases = machine_aliases(test_conn.conn)
+    aliases = machine_aliases(test_conn)
     equal = domain_equivalence({"q35": "pc-q35-7.2"})
     node = parse_xml("<type machine='q35'>hvm</type>")
     assert isinstance(aliases, dict)
     assert equal(node, "machine", "q35", "pc-q35-7.2") and not equal(node, "machine", "pc", "pc-q35-7.2")
     assert not equal(parse_xml("<other/>"), "machine", "q35", "pc-q35-7.2")
+
+
+def test_machine_aliases_read_once_per_connection(test_conn, monkeypatch):
+    """A batch of guests compares machine types for each guest: the capabilities are read once."""
+    reads = []
+    conn = test_conn.conn
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(conn, name)
+
+        def getCapabilities(self):
+            reads.append(1)
+            return conn.getCapabilities()
+
+    monkeypatch.setattr(test_conn, "conn", Counting())
+    first = machine_aliases(test_conn)
+    assert machine_aliases(test_conn) is first
+    assert len(reads) == 1
 
 
 @pytest.mark.parametrize(
@@ -587,7 +607,7 @@ def test_a_uefi_guest_with_its_firmware_resolved_needs_no_restart():
         "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
         "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/var/lib/libvirt/qemu/nvram/virtops-test-uefi_VARS.fd</nvram></os></domain>"
     )
-    client = type("C", (), {"conn": _Caps()})()
+    client = LibvirtClient(_Caps(), uri="test:///caps-only")
     assert pending_restart(client, _RunningDom(live), intent) is False
     # a guest started before the intent asked for UEFI (no loader in its live XML) does need one
     bios = "<domain type='qemu' id='1'><name>virtops-test-uefi</name><os><type arch='x86_64' machine='q35'>hvm</type></os></domain>"

@@ -223,6 +223,30 @@ def test_libvirt_unreachable_is_null_unless_required(fs):
         hi.gather(fs, {"libvirt"}, _unreachable, libvirt_required=True)
 
 
+def test_domains_only_when_named_and_as_domain_info_reports_them(fs, test_conn):
+    from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import gather_domains
+
+    facts = hi.gather(fs, {"domains", "ksm"}, lambda: test_conn)
+    # test:///default starts with its guest "test"; each entry is domain_info's, XML included
+    assert facts["domains"] == gather_domains(test_conn, include_xml=True)
+    assert [guest["name"] for guest in facts["domains"]] == ["test"]
+    assert facts["domains"][0]["xml"].startswith("<domain")
+    assert "domains" not in hi.gather(fs, set(hi.SUBSETS) - {"libvirt"}, lambda: test_conn)
+
+
+def test_all_leaves_domains_out_unless_named(fs, fakehost, test_conn):
+    backends = Backends(libvirt=test_conn, hostfs=fs, root=fakehost["root"])
+    everything = hi.ensure_host_info(backends, {"gather": ["all"]}, False)["host"]
+    assert set(hi.SUBSETS) <= set(everything) and "domains" not in everything
+    with_guests = hi.ensure_host_info(backends, {"gather": ["all", "domains"]}, False)["host"]
+    assert set(with_guests) == set(everything) | {"domains"}
+
+
+def test_domains_fail_on_unreachable_libvirt(fs):
+    with pytest.raises(LibvirtError, match=r"gather: domains.*no socket"):
+        hi.gather(fs, {"domains"}, _unreachable)
+
+
 def test_libvirt_capabilities_parsing():
     caps = """<capabilities><host><cpu><arch>x86_64</arch><model>Skylake-Client-IBRS</model>
       <maxphysaddr mode='emulate' bits='39'/></cpu></host>
