@@ -12,13 +12,40 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import time
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import CommandError, HostError, ValidationError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import CommandError, HostError, ValidationError, VirtopsError
 
 FORMATS = ("qcow2", "raw", "luks", "vmdk", "vdi", "vhdx", "vpc", "qed")
 # Formats qemu-img reads that may appear as a backing or source format (what `qemu-img info` names).
 READ_FORMATS = (*FORMATS, "qcow", "cloop", "dmg", "parallels", "bochs", "vvfat")
 QEMU_IMG_MISSING = "qemu-img is not installed (Debian/Ubuntu: apt-get install qemu-utils; RHEL: dnf install qemu-img)"
+
+# qemu 7.x times a first short PBKDF2 run of a new LUKS key with the thread's CPU clock. On kernels
+# that account CPU time per tick that clock moves once a tick (every 4 ms at HZ=250); when the run
+# fits between two ticks, qemu gives up with this message before it writes anything. On a 2-core
+# EPYC at HZ=250 that is 15 % of attempts, and attempts made back to back keep the same offset to the
+# tick and fail in runs (five in a row seen under load), so retries wait a random part of a tick first.
+LUKS_BENCHMARK_FLAKE = "Unable to get accurate CPU usage"
+LUKS_BENCHMARK_ATTEMPTS = 32
+
+
+def retry_luks_benchmark(action, failed_benchmark, cleanup=None):
+    """``action()``, again while ``failed_benchmark(exc)`` says qemu's LUKS benchmark misread the clock.
+
+    ``cleanup`` runs before each retry (a failed attempt may leave an empty file behind).
+    """
+    for attempt in range(LUKS_BENCHMARK_ATTEMPTS):
+        try:
+            return action()
+        except VirtopsError as exc:
+            if not failed_benchmark(exc) or attempt == LUKS_BENCHMARK_ATTEMPTS - 1:
+                raise
+        if cleanup:
+            cleanup()
+        time.sleep(random.uniform(0.001, 0.011))
+    return None  # not reached
 
 
 def qemu_opt_escape(text):

@@ -32,6 +32,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import Command
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import private_tempdir, validate_path, write_private
 from ansible_collections.virtops.kvm.plugins.module_utils._image import (
     FORMATS,
+    LUKS_BENCHMARK_FLAKE,
     READ_FORMATS,
     ImageReader,
     active_keyslots,
@@ -39,6 +40,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._image import (
     diff_text,
     encryption_of,
     qemu_opt_escape,
+    retry_luks_benchmark,
     summary,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._units import parse_size
@@ -51,7 +53,6 @@ BACKING_FORMATS = ("qcow2", "qed", "vmdk")
 LUKS_KEYSLOTS = 8
 MAX_ITER_TIME = 3600 * 1000  # one hour of PBKDF per keyslot is far beyond any sensible setting
 MAX_BITMAP_NAME = 1023  # qemu: "Name length exceeds maximum (1023 characters)"
-_PBKDF_ATTEMPTS = 8
 _PROBE_ITER_TIME = 10
 
 
@@ -139,21 +140,8 @@ class ImageTool(ImageReader):
         self.qemu_nbd = qemu_nbd or (which("qemu-nbd") if which is not None else None) or "qemu-nbd"
 
     def run_pbkdf(self, args, what, cleanup=None):
-        """Run a command that benchmarks LUKS PBKDF2 iterations.
-
-        qemu 7.x times a first short PBKDF2 run with the thread's CPU clock and gives up with
-        "Unable to get accurate CPU usage" when that clock did not tick (common on hosts with
-        tick-based CPU accounting); nothing was written then, so the command is retried.
-        """
-        for attempt in range(_PBKDF_ATTEMPTS):
-            try:
-                return self.run(args, what)
-            except CommandError as exc:
-                if "Unable to get accurate CPU usage" not in (exc.stderr or "") or attempt == _PBKDF_ATTEMPTS - 1:
-                    raise
-                if cleanup:
-                    cleanup()
-        return None  # not reached
+        """Run a command that benchmarks LUKS PBKDF2 iterations (see :func:`retry_luks_benchmark`)."""
+        return retry_luks_benchmark(lambda: self.run(args, what), lambda exc: LUKS_BENCHMARK_FLAKE in (getattr(exc, "stderr", None) or ""), cleanup=cleanup)
 
     def create(self, path, fmt, size, opts, *, secrets=None, backing=None):
         """``qemu-img create`` of ``path``; ``backing`` is ``(file, format)``, not opened (``-u``)."""

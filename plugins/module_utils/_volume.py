@@ -32,6 +32,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._batch import run_entr
 from ansible_collections.virtops.kvm.plugins.module_utils._checksum import Hasher, hash_volume, parse_checksum
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, LibvirtError, ValidationError, VirtopsError
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import validate_path
+from ansible_collections.virtops.kvm.plugins.module_utils._image import LUKS_BENCHMARK_FLAKE, retry_luks_benchmark
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt import libvirt
 from ansible_collections.virtops.kvm.plugins.module_utils._libvirt_objects import resolve_secret, validate_object_name
 from ansible_collections.virtops.kvm.plugins.module_utils._units import MAX_BYTES, format_size, parse_size
@@ -41,10 +42,6 @@ FORMATS = ("qcow2", "raw")
 ENCRYPTIONS = ("none", "luks")
 SOURCES = ("clone_from", "backing_store", "upload_from")
 
-# QEMU 7.2's LUKS key-derivation benchmark sometimes fails on a busy host; libvirt then removes the
-# half-made volume, so creating it again is safe.
-LUKS_FLAKE = "Unable to get accurate CPU usage"
-LUKS_ATTEMPTS = 3
 QCOW2_MAGIC = b"QFI\xfb"
 CHUNK = 1024 * 1024
 SECTOR = 512
@@ -559,13 +556,8 @@ def _grow_to(client, vol, name, capacity):
 
 
 def _create(client, pool, xml, action):
-    for attempt in range(LUKS_ATTEMPTS):
-        try:
-            return client.call(action, pool.createXML, xml, 0)
-        except LibvirtError as exc:
-            if LUKS_FLAKE not in exc.msg or attempt == LUKS_ATTEMPTS - 1:
-                raise
-    return None  # not reached
+    # libvirt removes the volume when qemu-img's LUKS benchmark fails, so creating it again is safe
+    return retry_luks_benchmark(lambda: client.call(action, pool.createXML, xml, 0), lambda exc: LUKS_BENCHMARK_FLAKE in exc.msg)
 
 
 def _create_volume(client, pool, params, plan):
