@@ -1,8 +1,9 @@
 # Copyright: virtops.kvm contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The kvm_guest role's templates, rendered by ansible-playbook itself (the same engine and filters a
-play uses) from host facts written here: the parts of the interface the integration target cannot
-reach on this machine (SR-IOV VFs, hugepages, hostdevs, virtiofs, UEFI) and the whole-list checks.
+"""The kvm_guest role's plan (the virtops.kvm.kvm_guest_plan filter, called as fleet.yml calls it) and
+its templates, rendered by ansible-playbook itself (the same engine and filters a play uses) from host
+facts written here: the parts of the interface the integration target cannot reach on this machine
+(SR-IOV VFs, hugepages, hostdevs, virtiofs, UEFI) and the whole-list checks.
 
 The real-libvirtd evidence for the role is the kvm_guest_role integration target and the molecule
 scenario; these tests pin down what the templates decide.
@@ -11,6 +12,7 @@ scenario; these tests pin down what the templates decide.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -20,20 +22,22 @@ from lxml import etree
 
 TEMPLATES = pathlib.Path(__file__).resolve().parents[3] / "roles" / "kvm_guest" / "templates"
 DEFAULTS = pathlib.Path(__file__).resolve().parents[3] / "roles" / "kvm_guest" / "defaults" / "main.yml"
+VARS = pathlib.Path(__file__).resolve().parents[3] / "roles" / "kvm_guest" / "vars" / "main.yml"
 
 PLAY = """---
 - name: Render the role's templates
   hosts: localhost
   gather_facts: false
-  vars_files: [{defaults}, {case}]
+  vars_files: [{defaults}, {vars}, {case}]
   tasks:
-    - name: Guests
+    - name: Plan, as fleet.yml does
       ansible.builtin.set_fact:
-        __kvm_guest_guests: "{{{{ lookup('ansible.builtin.template', 'guests.json.j2') | from_json }}}}"
-
-    - name: Errors
-      ansible.builtin.set_fact:
-        __kvm_guest_errors: "{{{{ lookup('ansible.builtin.template', 'errors.json.j2') | from_json }}}}"
+        __kvm_guest_guests: "{{{{ __kvm_guest_plan.guests }}}}"
+        __kvm_guest_errors: "{{{{ __kvm_guest_plan.errors }}}}"
+      vars:
+        __kvm_guest_plan: >-
+          {{{{ kvm_guest_list | virtops.kvm.kvm_guest_plan(host=__kvm_guest_host_info.host, image_stats=__kvm_guest_image_stat.results,
+                                                         check_mode=ansible_check_mode, settings=__kvm_guest_settings) }}}}
 
     # as in the role: the domains are rendered only for a list without errors
     - name: Domains and addresses
@@ -66,16 +70,21 @@ HOST = {
 }
 
 
-def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_info=None, check=False, **extra):
+def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_info=None, check=False, host=None, image_stats=None, **extra):
+    """Plan and render ``guests`` on a host with these facts; ``host`` replaces HOST, ``image_stats`` the one image's stat."""
+    host = dict(host or HOST)
+    host["libvirt"] = dict(
+        host["libvirt"],
+        networks=list(networks) or [{"name": "default", "active": True}],
+        pools=pools if pools is not None else [{"name": "default", "active": True}],
+    )
+    host["domains"] = list(domains)
     case = {
         "kvm_guest_list": guests,
         "kvm_guest_domain_type": "qemu",
-        "__kvm_guest_host": HOST,
-        "__kvm_guest_domains": list(domains),
-        "__kvm_guest_networks": list(networks) or [{"name": "default", "active": True}],
-        "__kvm_guest_pools": pools if pools is not None else [{"name": "default", "active": True}],
-        "__kvm_guest_image_stats": [{"item": "/srv/base.qcow2", "stat": {"exists": True, "isreg": True}}],
-        "__kvm_guest_user_kind": "slirp",
+        "kvm_guest_user_backend": "slirp",
+        "__kvm_guest_host_info": {"host": host},
+        "__kvm_guest_image_stat": {"results": image_stats or [{"item": "/srv/base.qcow2", "stat": {"exists": True, "isreg": True}}]},
     }
     if address_info is not None:
         case["__kvm_guest_address_info"] = address_info
@@ -85,13 +94,15 @@ def render(tmp_path, guests, *, domains=(), networks=(), pools=None, address_inf
     play = tmp_path / "play.yml"
     # the role's templates next to the play, where lookup('template') finds them (and the one they include)
     (tmp_path / "templates").symlink_to(TEMPLATES)
-    play.write_text(PLAY.format(defaults=DEFAULTS, case=tmp_path / "case.json", out=out), encoding="utf-8")
+    play.write_text(PLAY.format(defaults=DEFAULTS, vars=VARS, case=tmp_path / "case.json", out=out), encoding="utf-8")
     playbook = pathlib.Path(sys.executable).parent / "ansible-playbook"
     done = subprocess.run(
         [str(playbook), "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, str(play)] + (["--check"] if check else []),
         capture_output=True,
         text=True,
         check=False,
+        # the collection under test (the role's filter), from the tree these tests run in
+        env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(pathlib.Path(__file__).resolve().parents[6])),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     return json.loads(out.read_text(encoding="utf-8"))
@@ -283,7 +294,7 @@ def test_seabios_writes_to_the_serial_console_uefi_needs_nothing(tmp_path):
 def test_a_running_guest_on_a_pf_that_is_down_is_refused(tmp_path):
     down = dict(HOST, sriov={"devices": [dict(HOST["sriov"]["devices"][0], up=False)]})
     guests = [{"name": "r", "interfaces": [{"sriov_pf": "enp3s0f0"}]}, {"name": "s", "state": "shutdown", "interfaces": [{"sriov_pf": "enp3s0f0"}]}]
-    result = render(tmp_path, guests, __kvm_guest_host=down)
+    result = render(tmp_path, guests, host=down)
     assert result["errors"] == [
         "guest r: sriov_pf 'enp3s0f0' is down: libvirt gives a VF to a guest as an interface only when its PF is up (virtops.kvm.sriov pf_up: true)"
     ]
@@ -315,7 +326,7 @@ def test_microvm_entries_go_to_the_microvm_module_not_to_libvirt(tmp_path):
         {"name": "web", "interfaces": [{"network": "default"}]},
     ]
     seeds = {"results": [{"name": "default/disk-seed.iso", "path": "/pool/disk-seed.iso"}]}
-    result = render(tmp_path, guests, __kvm_guest_image_stats=MICROVM_STATS, __kvm_guest_volume_result=VOLUME_RESULTS, __kvm_guest_seed_result=seeds)
+    result = render(tmp_path, guests, image_stats=MICROVM_STATS, __kvm_guest_volume_result=VOLUME_RESULTS, __kvm_guest_seed_result=seeds)
     assert result["errors"] == []
     assert [entry["name"] for entry in result["domains"]] == ["web"]
     by_name = {entry["name"]: entry for entry in result["microvms"]}
@@ -345,7 +356,7 @@ def test_microvm_entries_go_to_the_microvm_module_not_to_libvirt(tmp_path):
 
 def test_microvm_in_check_mode_without_its_volumes_is_not_run(tmp_path):
     guests = [dict(MICROVM, image=IMAGE, wait_for="none"), dict(MICROVM, name="plain", wait_for="none")]
-    result = render(tmp_path, guests, check=True, __kvm_guest_image_stats=MICROVM_STATS, __kvm_guest_volume_result={"results": []})
+    result = render(tmp_path, guests, check=True, image_stats=MICROVM_STATS, __kvm_guest_volume_result={"results": []})
     assert [(entry["name"], entry["skip"]) for entry in result["microvms"]] == [("edge", True), ("plain", False)]
 
 
@@ -370,7 +381,7 @@ def test_microvm_entries_refused_before_anything_changes(tmp_path):
         dict(MICROVM, name="taken", wait_for="none"),
         {"name": "lib", "kernel": "/srv/mvm/vmlinuz", "wait_for": "none"},
     ]
-    errors = render(tmp_path, guests, domains=[{"name": "taken", "state": "running", "xml": running}], __kvm_guest_image_stats=MICROVM_STATS)["errors"]
+    errors = render(tmp_path, guests, domains=[{"name": "taken", "state": "running", "xml": running}], image_stats=MICROVM_STATS)["errors"]
     assert errors[:7] == [
         "guest nokernel: machine microvm boots a kernel directly (no firmware boots the disk): give kernel (and initrd, cmdline)",
         "guest missing: kernel /srv/mvm/nope does not exist on the hypervisor (give the absolute path of a file)",
@@ -388,5 +399,5 @@ def test_microvm_entries_refused_before_anything_changes(tmp_path):
 
 def test_microvm_needs_systemd_on_the_hypervisor(tmp_path):
     stats = [stat for stat in MICROVM_STATS if stat["item"] != "/run/systemd/system"] + [{"item": "/run/systemd/system", "stat": {"exists": False}}]
-    errors = render(tmp_path, [dict(MICROVM, wait_for="none")], __kvm_guest_image_stats=stats)["errors"]
+    errors = render(tmp_path, [dict(MICROVM, wait_for="none")], image_stats=stats)["errors"]
     assert errors == ["guest edge: machine microvm guests run as systemd units and this host's PID 1 is not systemd (/run/systemd/system is missing)"]
