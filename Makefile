@@ -133,6 +133,7 @@ package: collection
 	ansible localhost -i localhost, -c local -e ansible_python_interpreter=$(VENV)/bin/python -m virtops.kvm.host_info -a 'gather=cpu,numa' | grep -q '"node_count"'
 	echo "package: built, installed, $$(echo $$modules | wc -w) modules documented, host_info ran from the installed copy"
 	ansible-doc -t inventory virtops.kvm.libvirt >/dev/null
+	ansible-doc -t filter virtops.kvm.kvm_guest_plan >/dev/null
 	ansible-doc -t role virtops.kvm.kvm_host >/dev/null
 	ansible-doc -t role virtops.kvm.kvm_guest >/dev/null
 	$(CURDIR)/tests/packaging/check.sh $(COLL) "$$tmp"/virtops-kvm-*.tar.gz
