@@ -25,7 +25,8 @@ options:
   host:
     description:
       - The C(host) that M(virtops.kvm.host_info) returns, gathered with at least C(libvirt), C(hugepages), C(sriov) and
-        C(domains).
+        C(domains). The guests may be limited to the list's own (O(virtops.kvm.host_info#module:domain_names)) unless
+        the list has C(sriov_pf) interfaces: a VF is free only when no guest of the host holds it.
     type: dict
     required: true
   settings:

@@ -161,13 +161,15 @@ def describe_guest(client, dom, ip_sources=(), include_xml=False):
     return guest
 
 
-def gather_domains(client, name=None, states=None, ip_sources=(), include_xml=False, *, include_snapshots=False):
-    """Facts about guest ``name`` (an unknown name is an error) or every guest, filtered by ``states``."""
+def gather_domains(client, name=None, states=None, ip_sources=(), include_xml=False, *, include_snapshots=False, names=None):
+    """Facts about guest ``name`` (an unknown name is an error), the guests of ``names`` that exist, or every guest, filtered by ``states``."""
     if name:
         dom = client.lookup_domain(name)
         if dom is None:
             raise ValidationError("guest %s does not exist" % name)
         doms = [dom]
+    elif names is not None:
+        doms = [dom for dom in (client.lookup_domain(one) for one in dict.fromkeys(names)) if dom is not None]
     else:
         with translated("cannot list guests"):
             doms = client.conn.listAllDomains(0)

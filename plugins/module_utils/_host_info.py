@@ -14,7 +14,7 @@ import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _libvirt
 from ansible_collections.virtops.kvm.plugins.module_utils._domain_info import gather_domains
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
 from ansible_collections.virtops.kvm.plugins.module_utils._host_facts import (
     NODES,
     cpuinfo_first,
@@ -346,8 +346,11 @@ def _libvirt_facts(client_factory, libvirt_required):
         return None, exc.msg
 
 
-def gather(fs, subsets, client_factory=None, libvirt_required=False):
-    """All requested facts. ``client_factory()`` gives the libvirt client; failures are fatal only if required."""
+def gather(fs, subsets, client_factory=None, libvirt_required=False, domain_names=None):
+    """All requested facts. ``client_factory()`` gives the libvirt client; failures are fatal only if required.
+
+    ``domain_names`` limits the ``domains`` group to the guests of those names that exist.
+    """
     facts = {}
     cpu = gather_cpu(fs) if "cpu" in subsets or "kvm" in subsets else None
     if "cpu" in subsets:
@@ -364,7 +367,7 @@ def gather(fs, subsets, client_factory=None, libvirt_required=False):
     if "domains" in subsets:
         # as domain_info with include_xml reports them: a role that needs the host and its guests reads both in one call
         try:
-            facts["domains"] = gather_domains(client_factory(), include_xml=True)
+            facts["domains"] = gather_domains(client_factory(), include_xml=True, names=domain_names)
         except LibvirtError as exc:
             raise LibvirtError("the guests were requested (gather: domains) but %s. Start libvirtd or fix uri." % exc.msg, code=exc.code) from exc
     return facts
@@ -381,7 +384,10 @@ def ensure_host_info(backends, params, check_mode):
             raise LibvirtError("libvirt-python is not installed on the managed host (pip install libvirt-python, or apt-get install python3-libvirt)")
         return backends.libvirt
 
-    facts = gather(backends.hostfs, subsets, client_factory, libvirt_required="libvirt" in requested)
+    domain_names = params.get("domain_names")
+    if domain_names is not None and "domains" not in subsets:
+        raise ValidationError("domain_names limits the guests that gather: domains reads; add domains to gather, or leave domain_names out")
+    facts = gather(backends.hostfs, subsets, client_factory, libvirt_required="libvirt" in requested, domain_names=domain_names)
     warnings = []
     if facts.get("kvm", {}).get("slow_libvirt_cause"):
         warnings.append(facts["kvm"]["reason"])

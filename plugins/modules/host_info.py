@@ -27,6 +27,14 @@ options:
     elements: str
     choices: [all, cpu, kvm, numa, hugepages, iommu, sriov, apparmor, ksm, libvirt, domains]
     default: [all]
+  domain_names:
+    description:
+      - With O(gather=domains), read only the guests of these names (a name libvirt does not know is left out, not
+        an error), so that reading the guests a play manages costs the same on a host with thousands of others.
+      - Without it, every guest is read.
+    type: list
+    elements: str
+    version_added: 0.2.0
 extends_documentation_fragment:
   - virtops.kvm._hostfs
   - virtops.kvm._libvirt
@@ -141,8 +149,8 @@ host:
                pools: [{name: default, active: true, autostart: true}]}
     domains:
       description:
-        - The guests libvirt holds, sorted by name, each as RV(virtops.kvm.domain_info#module:domains) describes it,
-          with its XML (passwords masked).
+        - The guests libvirt holds (only those of O(domain_names) when given), sorted by name, each as
+          RV(virtops.kvm.domain_info#module:domains) describes it, with its XML (passwords masked).
       returned: when gathered (O(gather) names V(domains))
       type: list
       elements: dict
@@ -166,6 +174,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._runner import run_mod
 def main():
     argument_spec = dict(
         gather=dict(type="list", elements="str", default=["all"], choices=["all", *SUBSETS, *EXTRA_SUBSETS]),
+        domain_names=dict(type="list", elements="str"),
     )
     argument_spec.update(LIBVIRT_COMMON_ARGS)
     argument_spec.update(HOSTFS_COMMON_ARGS)

@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.virtops.kvm.plugins.module_utils import _host_facts as facts_core
 from ansible_collections.virtops.kvm.plugins.module_utils import _host_info as hi
 from ansible_collections.virtops.kvm.plugins.module_utils import _pci
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtError, ValidationError
 from ansible_collections.virtops.kvm.plugins.module_utils._hostfs import HostFS
 from ansible_collections.virtops.kvm.plugins.module_utils._runner import Backends
 
@@ -240,6 +240,16 @@ def test_all_leaves_domains_out_unless_named(fs, fakehost, test_conn):
     assert set(hi.SUBSETS) <= set(everything) and "domains" not in everything
     with_guests = hi.ensure_host_info(backends, {"gather": ["all", "domains"]}, False)["host"]
     assert set(with_guests) == set(everything) | {"domains"}
+
+
+def test_domain_names_read_only_those_guests_that_exist(fs, fakehost, test_conn):
+    backends = Backends(libvirt=test_conn, hostfs=fs, root=fakehost["root"])
+    named = hi.ensure_host_info(backends, {"gather": ["domains"], "domain_names": ["test", "no-such-guest", "test"]}, False)["host"]
+    assert [guest["name"] for guest in named["domains"]] == ["test"]
+    assert hi.ensure_host_info(backends, {"gather": ["domains"], "domain_names": ["no-such-guest"]}, False)["host"]["domains"] == []
+    assert hi.ensure_host_info(backends, {"gather": ["domains"], "domain_names": []}, False)["host"]["domains"] == []
+    with pytest.raises(ValidationError, match="domain_names limits the guests that gather: domains reads"):
+        hi.ensure_host_info(backends, {"gather": ["all"], "domain_names": ["test"]}, False)
 
 
 def test_domains_fail_on_unreachable_libvirt(fs):
