@@ -383,7 +383,8 @@ def p1_section(args, rows):
         "",
         "The kvm_guest role's rows are the whole role, including `ansible-playbook`'s start. Over the define loop's own",
         "guests (64 MiB, one vCPU, q35, a user-mode NIC, no disk, no seed: the same job) a no-op is one host_info call",
-        "that reads the host and its guests, the role's templating and one domain call for all guests:",
+        "that reads the host and the list's guests, the role's plan (the kvm_guest_plan filter) and the domains'",
+        "XML, and one domain call for all guests:",
         "%.2f s, %.2fx of community.libvirt's loop (the goal is 0.2x, %.2f s). With an overlay and a seed per guest the role"
         % (same, same / community, 0.2 * community),
         "also makes one volume and one cloud_init_seed call and stats the local image: %.2f s (%.2fx), a job" % (full, full / community),
