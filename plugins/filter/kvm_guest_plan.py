@@ -26,7 +26,7 @@ options:
     description:
       - The C(host) that M(virtops.kvm.host_info) returns, gathered with at least C(libvirt), C(hugepages), C(sriov) and
         C(domains). The guests may be limited to the list's own (O(virtops.kvm.host_info#module:domain_names)) unless
-        the list has C(sriov_pf) interfaces: a VF is free only when no guest of the host holds it.
+        the list has C(sriov_pf) interfaces, because a VF is free only when no guest of the host holds it.
     type: dict
     required: true
   settings:
